@@ -1,0 +1,92 @@
+//! auth-service settings: one `clap` struct, so `--help`, environment variables and
+//! defaults come from the same declaration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use strongbox_common::config::DataDirArgs;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "auth-service", version, about = "Strongbox accounts, sessions and access tokens over gRPC")]
+pub struct Config {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "AUTH_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub data: DataDirArgs,
+
+    /// SQLite database URL [default: sqlite://<DATA_DIR>/auth.db].
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// PEM (PKCS#8) Ed25519 private key that signs access tokens; generated on first
+    /// start if missing [default: <DATA_DIR>/jwt-ed25519.pem].
+    #[arg(long, env = "JWT_PRIVATE_KEY_PATH")]
+    pub jwt_private_key_path: Option<PathBuf>,
+
+    /// Shared HS256 secret (at least 32 bytes). When set, tokens are signed with it
+    /// instead of Ed25519 and every verifier needs the same secret.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Lifetime of access tokens, in seconds.
+    #[arg(long, env = "ACCESS_TOKEN_EXPIRE_SECONDS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..))]
+    pub access_token_expire_seconds: u64,
+
+    /// Lifetime of refresh tokens, in seconds.
+    #[arg(long, env = "REFRESH_TOKEN_EXPIRE_SECONDS", default_value_t = 2_592_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub refresh_token_expire_seconds: u64,
+
+    /// bcrypt cost factor for password hashes (4–31).
+    #[arg(long, env = "BCRYPT_ROUNDS", default_value_t = 12, value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub bcrypt_rounds: u32,
+
+    /// Failed logins allowed per email within the window before further attempts are refused.
+    #[arg(long, env = "LOGIN_MAX_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_max_failures: u32,
+
+    /// Length of the failed-login window, in seconds.
+    #[arg(long, env = "LOGIN_FAILURE_WINDOW_SECONDS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..))]
+    pub login_failure_window_seconds: u64,
+
+    /// How often expired refresh tokens and stale login failures are purged, in seconds.
+    #[arg(long, env = "TOKEN_PURGE_INTERVAL_SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub token_purge_interval_seconds: u64,
+}
+
+impl Config {
+    /// Settings with every default, keeping state under `data_dir` (for tests and the launcher).
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        use clap::Parser;
+        let mut config = Self::parse_from(["auth-service"]);
+        config.data.data_dir = data_dir.into();
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!("sqlite://{}", self.data.data_dir.join("auth.db").display())
+        })
+    }
+
+    pub fn jwt_private_key_path(&self) -> PathBuf {
+        self.jwt_private_key_path
+            .clone()
+            .unwrap_or_else(|| self.data.data_dir.join("jwt-ed25519.pem"))
+    }
+
+    pub fn access_token_ttl(&self) -> Duration {
+        Duration::from_secs(self.access_token_expire_seconds)
+    }
+
+    pub fn refresh_token_ttl(&self) -> Duration {
+        Duration::from_secs(self.refresh_token_expire_seconds)
+    }
+
+    pub fn login_failure_window(&self) -> Duration {
+        Duration::from_secs(self.login_failure_window_seconds)
+    }
+}

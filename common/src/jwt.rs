@@ -1,0 +1,252 @@
+//! Access tokens: the claims auth-service signs and the one verifier every service uses.
+//!
+//! Tokens are JWTs signed with Ed25519 (`EdDSA`) and carry a `kid`; verifiers hold the
+//! public keys by kid (auth-service its own; the others fetched from its
+//! `GetPublicKeys`, refetched when an unknown kid shows up). A shared HS256 secret
+//! (`JWT_SECRET`) is the compatibility mode. Either way the verifier pins exactly one
+//! algorithm, so `none`, HS256-signed-with-the-public-key and other confusions fail
+//! before any signature is checked, and `exp`, `iss` and `aud` are mandatory.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+use strongbox_proto::auth::v1::auth_service_client::AuthServiceClient;
+use strongbox_proto::auth::v1::GetPublicKeysRequest;
+use tokio::sync::{Mutex, RwLock};
+use tonic::metadata::MetadataMap;
+use tonic::transport::Channel;
+use tonic::Status;
+use uuid::Uuid;
+
+/// The `iss` of every access token.
+pub const ISSUER: &str = "strongbox-auth";
+/// The `aud` of every access token.
+pub const AUDIENCE: &str = "strongbox";
+/// The JWS name of Ed25519 signatures, as published by `GetPublicKeys`.
+pub const EDDSA: &str = "EdDSA";
+/// Clock skew tolerated on `exp` and `nbf`. The services share a host or a compose
+/// network, so a few seconds is plenty.
+const LEEWAY_SECONDS: u64 = 5;
+/// An unknown kid triggers at most one key refetch per this interval, so a flood of
+/// forged kids cannot turn into a flood of calls to auth-service.
+const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The claims of a Strongbox access token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user id (a UUID).
+    pub sub: String,
+    pub exp: u64,
+    pub iat: u64,
+    pub nbf: u64,
+    /// Unique token id.
+    pub jti: String,
+    pub iss: String,
+    pub aud: String,
+}
+
+/// A caller whose access token verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub user_id: Uuid,
+}
+
+/// Why a bearer token was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("missing `authorization: Bearer <access token>` metadata; log in to get a token")]
+    Missing,
+    #[error("the authorization metadata must be `Bearer <access token>`")]
+    NotBearer,
+    #[error("the access token has expired; refresh it or log in again")]
+    Expired,
+    #[error("the access token is not valid yet; check the clock")]
+    NotYetValid,
+    #[error("the access token was signed with a key this service does not know; log in again")]
+    UnknownKey,
+    #[error("the access token is invalid ({0}); log in again")]
+    Invalid(&'static str),
+    #[error("cannot fetch token verification keys from auth-service; try again shortly")]
+    KeysUnavailable(#[source] Status),
+}
+
+impl From<TokenError> for Status {
+    fn from(err: TokenError) -> Self {
+        match err {
+            TokenError::KeysUnavailable(ref source) => {
+                tracing::warn!(%source, "verification keys unavailable");
+                Status::unavailable(err.to_string())
+            }
+            other => Status::unauthenticated(other.to_string()),
+        }
+    }
+}
+
+/// Returns the token from `authorization: Bearer <token>`.
+pub fn bearer_token(metadata: &MetadataMap) -> Result<&str, TokenError> {
+    let value = metadata.get("authorization").ok_or(TokenError::Missing)?;
+    let value = value.to_str().map_err(|_| TokenError::NotBearer)?;
+    let (scheme, token) = value.split_once(' ').ok_or(TokenError::NotBearer)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(TokenError::NotBearer);
+    }
+    Ok(token)
+}
+
+/// The key material a verifier checks signatures with.
+enum KeyRing {
+    /// A shared HS256 secret.
+    Shared(DecodingKey),
+    /// Ed25519 public keys by kid, optionally kept fresh from auth-service.
+    Published {
+        keys: RwLock<HashMap<String, DecodingKey>>,
+        source: Option<KeySource>,
+    },
+}
+
+struct KeySource {
+    client: AuthServiceClient<Channel>,
+    last_fetch: Mutex<Option<Instant>>,
+}
+
+/// Verifies access tokens. Cheap to clone.
+#[derive(Clone)]
+pub struct Verifier {
+    ring: Arc<KeyRing>,
+}
+
+impl Verifier {
+    /// Verifies HS256 tokens signed with `secret` (the `JWT_SECRET` mode).
+    pub fn shared_secret(secret: &[u8]) -> Self {
+        Self::from_ring(KeyRing::Shared(DecodingKey::from_secret(secret)))
+    }
+
+    /// Verifies EdDSA tokens with a fixed set of raw 32-byte Ed25519 public keys by kid.
+    pub fn ed25519(keys: impl IntoIterator<Item = (String, [u8; 32])>) -> Self {
+        let keys = keys
+            .into_iter()
+            .map(|(kid, raw)| (kid, ed25519_key(&raw)))
+            .collect();
+        Self::from_ring(KeyRing::Published {
+            keys: RwLock::new(keys),
+            source: None,
+        })
+    }
+
+    /// Verifies EdDSA tokens with the keys auth-service publishes over `channel`.
+    /// Keys are fetched on first use and again whenever a token names an unknown kid.
+    pub fn from_auth_service(channel: Channel) -> Self {
+        Self::from_ring(KeyRing::Published {
+            keys: RwLock::new(HashMap::new()),
+            source: Some(KeySource {
+                client: AuthServiceClient::new(channel),
+                last_fetch: Mutex::new(None),
+            }),
+        })
+    }
+
+    fn from_ring(ring: KeyRing) -> Self {
+        Self {
+            ring: Arc::new(ring),
+        }
+    }
+
+    /// Verifies the bearer token of a request and returns the caller, recording the
+    /// user id on the current span.
+    pub async fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
+        let token = bearer_token(metadata)?;
+        let caller = self.verify(token).await?;
+        tracing::Span::current().record("user_id", tracing::field::display(caller.user_id));
+        Ok(caller)
+    }
+
+    /// Verifies one access token.
+    pub async fn verify(&self, token: &str) -> Result<Caller, TokenError> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid("malformed"))?;
+        let claims = match &*self.ring {
+            KeyRing::Shared(key) => decode(token, key, Algorithm::HS256)?,
+            KeyRing::Published { keys, source } => {
+                if header.alg != Algorithm::EdDSA {
+                    return Err(TokenError::Invalid("wrong algorithm"));
+                }
+                let kid = header.kid.ok_or(TokenError::Invalid("no key id"))?;
+                let key = match keys.read().await.get(&kid).cloned() {
+                    Some(key) => key,
+                    None => {
+                        let source = source.as_ref().ok_or(TokenError::UnknownKey)?;
+                        source.refetch(keys).await?;
+                        keys.read().await.get(&kid).cloned().ok_or(TokenError::UnknownKey)?
+                    }
+                };
+                decode(token, &key, Algorithm::EdDSA)?
+            }
+        };
+        let user_id = Uuid::parse_str(&claims.sub).map_err(|_| TokenError::Invalid("bad subject"))?;
+        Ok(Caller { user_id })
+    }
+}
+
+impl KeySource {
+    /// Replaces the key set with auth-service's current one, unless another caller
+    /// just did.
+    async fn refetch(&self, keys: &RwLock<HashMap<String, DecodingKey>>) -> Result<(), TokenError> {
+        let mut last_fetch = self.last_fetch.lock().await;
+        if last_fetch.is_some_and(|at| at.elapsed() < MIN_REFETCH_INTERVAL) {
+            return Ok(());
+        }
+        let response = self
+            .client
+            .clone()
+            .get_public_keys(GetPublicKeysRequest {})
+            .await
+            .map_err(TokenError::KeysUnavailable)?
+            .into_inner();
+        let fresh: HashMap<_, _> = response
+            .keys
+            .into_iter()
+            .filter(|key| key.alg == EDDSA)
+            .filter_map(|key| {
+                let raw: [u8; 32] = key.public_key.as_ref().try_into().ok()?;
+                Some((key.kid, ed25519_key(&raw)))
+            })
+            .collect();
+        tracing::info!(keys = fresh.len(), "fetched token verification keys");
+        *keys.write().await = fresh;
+        *last_fetch = Some(Instant::now());
+        Ok(())
+    }
+}
+
+fn ed25519_key(raw: &[u8; 32]) -> DecodingKey {
+    // jsonwebtoken's "Ed DER" decoding key is the raw 32-byte public key (as in a JWK's `x`).
+    DecodingKey::from_ed_der(raw)
+}
+
+fn decode(token: &str, key: &DecodingKey, algorithm: Algorithm) -> Result<Claims, TokenError> {
+    let mut validation = Validation::new(algorithm);
+    validation.set_issuer(&[ISSUER]);
+    validation.set_audience(&[AUDIENCE]);
+    validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+    validation.validate_nbf = true;
+    validation.leeway = LEEWAY_SECONDS;
+    jsonwebtoken::decode::<Claims>(token, key, &validation)
+        .map(|data| data.claims)
+        .map_err(|err| {
+            use jsonwebtoken::errors::ErrorKind;
+            match err.kind() {
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+                ErrorKind::InvalidSignature => TokenError::Invalid("bad signature"),
+                ErrorKind::InvalidAlgorithm => TokenError::Invalid("wrong algorithm"),
+                ErrorKind::InvalidIssuer => TokenError::Invalid("wrong issuer"),
+                ErrorKind::InvalidAudience => TokenError::Invalid("wrong audience"),
+                ErrorKind::MissingRequiredClaim(_) => TokenError::Invalid("missing claim"),
+                _ => TokenError::Invalid("malformed"),
+            }
+        })
+}

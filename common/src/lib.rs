@@ -1,0 +1,13 @@
+//! What every Strongbox service shares, so that no service writes it twice:
+//!
+//! - [`jwt`]: access-token claims and the one verifier every service uses;
+//! - [`config`]: `.env` loading and the arguments all services take;
+//! - [`telemetry`]: tracing setup;
+//! - [`server`]: the gRPC bootstrap (reflection, health, per-call spans, graceful shutdown);
+//! - [`shutdown`]: the SIGINT/SIGTERM future handed to `run`.
+
+pub mod config;
+pub mod jwt;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,92 @@
+//! The gRPC bootstrap every service shares: reflection (v1 and v1alpha, since grpcurl 1.8
+//! only speaks v1alpha), `grpc.health.v1`, a tracing span per call, and graceful shutdown.
+//!
+//! A service builds its [`Routes`] on top of [`base_routes`] and hands them to [`serve`].
+//! The gateway instead turns the same routes into an axum router to share its port.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
+
+/// Metadata key carrying a request id across services.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Routes with health and reflection already mounted, plus the health reporter a
+/// service uses to announce its own services as SERVING.
+pub fn base_routes() -> (Routes, HealthReporter) {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(strongbox_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the compiled-in descriptor set is valid");
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(strongbox_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .expect("the compiled-in descriptor set is valid");
+    let routes = Routes::default()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    (routes, health)
+}
+
+/// The span every call runs in: method and request id (never metadata values, which
+/// carry bearer tokens).
+pub fn call_span(request: &http::Request<()>) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    tracing::info_span!(
+        "call",
+        method = %request.uri().path(),
+        request_id = %request_id,
+        user_id = tracing::field::Empty,
+    )
+}
+
+/// Serves `routes` on `listener` until `shutdown` resolves, then lets in-flight calls
+/// finish.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    Server::builder()
+        .trace_fn(call_span)
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// Binds the listen address, with an error that names it.
+pub async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { addr, source })
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    addr: std::net::SocketAddr,
+    source: std::io::Error,
+}
+
+/// Logs a fatal startup or serving error and turns it into a failing exit code.
+pub fn exit_with(err: &dyn std::fmt::Display) -> std::process::ExitCode {
+    tracing::error!("{err}");
+    eprintln!("error: {err}");
+    std::process::ExitCode::FAILURE
+}
