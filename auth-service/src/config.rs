@@ -8,7 +8,11 @@ use std::time::Duration;
 use strongbox_common::config::DataDirArgs;
 
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "auth-service", version, about = "Strongbox accounts, sessions and access tokens over gRPC")]
+#[command(
+    name = "auth-service",
+    version,
+    about = "Strongbox accounts, sessions and access tokens over gRPC"
+)]
 pub struct Config {
     /// Address the gRPC server listens on.
     #[arg(long, env = "AUTH_LISTEN", default_value = "127.0.0.1:50051")]
@@ -67,9 +71,9 @@ impl Config {
     }
 
     pub fn database_url(&self) -> String {
-        self.database_url.clone().unwrap_or_else(|| {
-            format!("sqlite://{}", self.data.data_dir.join("auth.db").display())
-        })
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data.data_dir.join("auth.db").display()))
     }
 
     pub fn jwt_private_key_path(&self) -> PathBuf {

@@ -45,7 +45,9 @@ impl Email {
                     && label.chars().all(|c| c.is_alphanumeric() || c == '-')
             });
         if !labels_ok {
-            return Err(invalid("has an invalid domain; it must look like name@example.com"));
+            return Err(invalid(
+                "has an invalid domain; it must look like name@example.com",
+            ));
         }
         Ok(Self(email))
     }
@@ -104,9 +106,19 @@ mod tests {
 
     #[test]
     fn malformed_emails_are_refused() {
-        for raw in ["", "   ", "alice", "alice@", "@example.com", "alice@example", "a b@example.com",
-            "alice@exa mple.com", "alice@-example.com", "alice@example..com", "alice@@example.com"]
-        {
+        for raw in [
+            "",
+            "   ",
+            "alice",
+            "alice@",
+            "@example.com",
+            "alice@example",
+            "a b@example.com",
+            "alice@exa mple.com",
+            "alice@-example.com",
+            "alice@example..com",
+            "alice@@example.com",
+        ] {
             assert!(Email::parse(raw).is_err(), "{raw:?} was accepted");
         }
         let long_local = format!("{}@example.com", "a".repeat(65));

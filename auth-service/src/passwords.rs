@@ -62,3 +62,35 @@ async fn run_blocking<T: Send + 'static>(
 fn closed(_: tokio::sync::AcquireError) -> AuthError {
     AuthError::Internal("password hasher is shut down".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn unknown_users_are_checked_against_a_decoy_of_the_same_cost() {
+        let hasher = PasswordHasher::new(5).await.unwrap();
+        // The decoy is a real bcrypt hash at the configured cost, so a miss does the
+        // same work as a wrong password.
+        let decoy = bcrypt::HashParts::from_str(&hasher.decoy_hash).unwrap();
+        assert_eq!(decoy.get_cost(), 5);
+        let password = Password::parse("strongbox-decoy-password".into()).unwrap();
+        assert!(
+            !hasher.verify(&password, None).await.unwrap(),
+            "the decoy must never log anyone in"
+        );
+    }
+
+    #[tokio::test]
+    async fn hashes_verify_only_their_password() {
+        let hasher = PasswordHasher::new(4).await.unwrap();
+        let right = Password::parse("right password".into()).unwrap();
+        let wrong = Password::parse("wrong password".into()).unwrap();
+        let hash = hasher.hash(&right).await.unwrap();
+        assert!(hash.starts_with("$2b$04$"));
+        assert!(hasher.verify(&right, Some(&hash)).await.unwrap());
+        assert!(!hasher.verify(&wrong, Some(&hash)).await.unwrap());
+    }
+}

@@ -17,8 +17,9 @@ pub struct RefreshToken(String);
 impl RefreshToken {
     pub fn generate() -> Result<Self, AuthError> {
         let mut bytes = [0u8; TOKEN_BYTES];
-        getrandom::fill(&mut bytes)
-            .map_err(|err| AuthError::Internal(format!("no randomness for a refresh token: {err}")))?;
+        getrandom::fill(&mut bytes).map_err(|err| {
+            AuthError::Internal(format!("no randomness for a refresh token: {err}"))
+        })?;
         Ok(Self(URL_SAFE_NO_PAD.encode(bytes)))
     }
 
@@ -26,13 +27,18 @@ impl RefreshToken {
     pub fn parse(raw: &str) -> Result<Self, AuthError> {
         let raw = raw.trim();
         if raw.is_empty() {
-            return Err(AuthError::InvalidArgument("refresh_token is required".into()));
+            return Err(AuthError::InvalidArgument(
+                "refresh_token is required".into(),
+            ));
         }
         let decodes = raw.len() == ENCODED_LEN
-            && URL_SAFE_NO_PAD.decode(raw).is_ok_and(|bytes| bytes.len() == TOKEN_BYTES);
+            && URL_SAFE_NO_PAD
+                .decode(raw)
+                .is_ok_and(|bytes| bytes.len() == TOKEN_BYTES);
         if !decodes {
             return Err(AuthError::InvalidArgument(
-                "refresh_token is malformed; pass the refresh_token returned by Login or Refresh".into(),
+                "refresh_token is malformed; pass the refresh_token returned by Login or Refresh"
+                    .into(),
             ));
         }
         Ok(Self(raw.to_owned()))
@@ -71,6 +77,9 @@ mod tests {
     #[test]
     fn the_hash_is_sha256_of_the_token_text() {
         let token = RefreshToken::parse("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").unwrap();
-        assert_eq!(token.hash(), Sha256::digest(b"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").to_vec());
+        assert_eq!(
+            token.hash(),
+            Sha256::digest(b"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").to_vec()
+        );
     }
 }

@@ -42,12 +42,18 @@ pub async fn run(
 
 async fn build(config: &Config) -> Result<AuthApi, AuthError> {
     std::fs::create_dir_all(&config.data.data_dir).map_err(|err| {
-        AuthError::Internal(format!("cannot create DATA_DIR {}: {err}", config.data.data_dir.display()))
+        AuthError::Internal(format!(
+            "cannot create DATA_DIR {}: {err}",
+            config.data.data_dir.display()
+        ))
     })?;
     let store = Store::connect(&config.database_url()).await?;
     let signer = match &config.jwt_secret {
         Some(secret) => TokenSigner::hs256(secret, config.access_token_ttl())?,
-        None => TokenSigner::ed25519_from_file(&config.jwt_private_key_path(), config.access_token_ttl())?,
+        None => TokenSigner::ed25519_from_file(
+            &config.jwt_private_key_path(),
+            config.access_token_ttl(),
+        )?,
     };
     let hasher = PasswordHasher::new(config.bcrypt_rounds).await?;
     Ok(AuthApi {

@@ -90,13 +90,19 @@ impl AuthApi {
                 ));
             }
             Rotation::Revoked => {
-                return Err(AuthError::SessionRejected("this session has been logged out; log in again"));
+                return Err(AuthError::SessionRejected(
+                    "this session has been logged out; log in again",
+                ));
             }
             Rotation::Expired => {
-                return Err(AuthError::SessionRejected("the refresh token has expired; log in again"));
+                return Err(AuthError::SessionRejected(
+                    "the refresh token has expired; log in again",
+                ));
             }
             Rotation::Unknown => {
-                return Err(AuthError::SessionRejected("the refresh token is not valid; log in again"));
+                return Err(AuthError::SessionRejected(
+                    "the refresh token is not valid; log in again",
+                ));
             }
         };
         self.token_pair(user_id, successor)
@@ -114,7 +120,11 @@ impl AuthApi {
     }
 
     async fn me(&self, user_id: Uuid) -> Result<User, AuthError> {
-        let user = self.store.user_by_id(user_id).await?.ok_or(AuthError::UnknownUser)?;
+        let user = self
+            .store
+            .user_by_id(user_id)
+            .await?
+            .ok_or(AuthError::UnknownUser)?;
         Ok(user_message(&user))
     }
 
@@ -149,28 +159,48 @@ impl AuthApi {
     }
 
     async fn caller<T>(&self, request: &Request<T>) -> Result<Uuid, Status> {
-        Ok(self.verifier.authenticate(request.metadata()).await?.user_id)
+        Ok(self
+            .verifier
+            .authenticate(request.metadata())
+            .await?
+            .user_id)
     }
 }
 
 #[tonic::async_trait]
 impl AuthService for AuthApi {
-    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
         let user = self.register(request.into_inner()).await?;
         Ok(Response::new(RegisterResponse { user: Some(user) }))
     }
 
-    async fn login(&self, request: Request<LoginRequest>) -> Result<Response<LoginResponse>, Status> {
+    async fn login(
+        &self,
+        request: Request<LoginRequest>,
+    ) -> Result<Response<LoginResponse>, Status> {
         let tokens = self.login(request.into_inner()).await?;
-        Ok(Response::new(LoginResponse { tokens: Some(tokens) }))
+        Ok(Response::new(LoginResponse {
+            tokens: Some(tokens),
+        }))
     }
 
-    async fn refresh(&self, request: Request<RefreshRequest>) -> Result<Response<RefreshResponse>, Status> {
+    async fn refresh(
+        &self,
+        request: Request<RefreshRequest>,
+    ) -> Result<Response<RefreshResponse>, Status> {
         let tokens = self.refresh(request.into_inner()).await?;
-        Ok(Response::new(RefreshResponse { tokens: Some(tokens) }))
+        Ok(Response::new(RefreshResponse {
+            tokens: Some(tokens),
+        }))
     }
 
-    async fn logout(&self, request: Request<LogoutRequest>) -> Result<Response<LogoutResponse>, Status> {
+    async fn logout(
+        &self,
+        request: Request<LogoutRequest>,
+    ) -> Result<Response<LogoutResponse>, Status> {
         self.logout(request.into_inner()).await?;
         Ok(Response::new(LogoutResponse {}))
     }

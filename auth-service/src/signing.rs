@@ -63,7 +63,10 @@ impl TokenSigner {
     pub fn ed25519_from_file(path: &Path, ttl: Duration) -> Result<Self, AuthError> {
         let pem = read_or_generate_key(path)?;
         let signing = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).map_err(|err| {
-            AuthError::Internal(format!("{} is not a PKCS#8 Ed25519 key: {err}", path.display()))
+            AuthError::Internal(format!(
+                "{} is not a PKCS#8 Ed25519 key: {err}",
+                path.display()
+            ))
         })?;
         let verifying = signing.verifying_key();
         let public_raw = verifying.to_bytes();
@@ -114,7 +117,9 @@ impl TokenSigner {
     /// A verifier for the tokens this signer makes.
     pub fn verifier(&self) -> Verifier {
         match &self.key {
-            Key::Ed25519 { kid, public_raw, .. } => Verifier::ed25519([(kid.clone(), *public_raw)]),
+            Key::Ed25519 {
+                kid, public_raw, ..
+            } => Verifier::ed25519([(kid.clone(), *public_raw)]),
             Key::Hs256 { secret, .. } => Verifier::shared_secret(secret),
         }
     }
@@ -155,7 +160,8 @@ fn read_or_generate_key(path: &Path) -> Result<String, AuthError> {
         Err(_) => {}
     }
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|err| io_error("cannot create the directory of", err))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|err| io_error("cannot create the directory of", err))?;
     }
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed)
@@ -177,7 +183,8 @@ fn read_or_generate_key(path: &Path) -> Result<String, AuthError> {
         }
         // Another process generated it first: use theirs.
         Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-            std::fs::read_to_string(path).map_err(|err| io_error("cannot read the signing key", err))
+            std::fs::read_to_string(path)
+                .map_err(|err| io_error("cannot read the signing key", err))
         }
         Err(err) => Err(io_error("cannot create the signing key", err)),
     }
@@ -208,7 +215,10 @@ mod tests {
         }
         let user = Uuid::new_v4();
         let token = first.sign(user).unwrap();
-        assert_eq!(second.verifier().verify(&token).await.unwrap().user_id, user);
+        assert_eq!(
+            second.verifier().verify(&token).await.unwrap().user_id,
+            user
+        );
     }
 
     #[test]

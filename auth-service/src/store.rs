@@ -28,7 +28,8 @@ pub struct UserRecord {
 
 impl UserRecord {
     pub fn user_id(&self) -> Result<Uuid, AuthError> {
-        Uuid::parse_str(&self.id).map_err(|err| AuthError::Internal(format!("stored user id: {err}")))
+        Uuid::parse_str(&self.id)
+            .map_err(|err| AuthError::Internal(format!("stored user id: {err}")))
     }
 }
 
@@ -36,7 +37,9 @@ impl UserRecord {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Rotation {
     /// It was live; it is now spent and the successor replaces it.
-    Rotated { user_id: String },
+    Rotated {
+        user_id: String,
+    },
     /// It had already been rotated: someone replayed it. Its family is now revoked.
     Reused,
     /// Its session was logged out or revoked.
@@ -126,21 +129,31 @@ impl Store {
     }
 
     pub async fn user_by_email(&self, email: &Email) -> Result<Option<UserRecord>, AuthError> {
-        Ok(sqlx::query_as("SELECT id, email, password_hash, created_at FROM users WHERE email = ?")
+        Ok(
+            sqlx::query_as(
+                "SELECT id, email, password_hash, created_at FROM users WHERE email = ?",
+            )
             .bind(email.as_str())
             .fetch_optional(&self.pool)
-            .await?)
+            .await?,
+        )
     }
 
     pub async fn user_by_id(&self, id: Uuid) -> Result<Option<UserRecord>, AuthError> {
-        Ok(sqlx::query_as("SELECT id, email, password_hash, created_at FROM users WHERE id = ?")
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as("SELECT id, email, password_hash, created_at FROM users WHERE id = ?")
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// Failed logins for `email` since `since`: how many, and when the oldest was.
-    pub async fn failures_since(&self, email: &Email, since: i64) -> Result<(i64, Option<i64>), AuthError> {
+    pub async fn failures_since(
+        &self,
+        email: &Email,
+        since: i64,
+    ) -> Result<(i64, Option<i64>), AuthError> {
         Ok(sqlx::query_as(
             "SELECT COUNT(*), MIN(failed_at) FROM login_failures WHERE email = ? AND failed_at > ?",
         )
@@ -301,11 +314,13 @@ async fn revoke_family(
     family_id: &str,
     now: i64,
 ) -> Result<(), AuthError> {
-    sqlx::query("UPDATE refresh_tokens SET revoked_at = ? WHERE family_id = ? AND revoked_at IS NULL")
-        .bind(now)
-        .bind(family_id)
-        .execute(tx)
-        .await?;
+    sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at = ? WHERE family_id = ? AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(family_id)
+    .execute(tx)
+    .await?;
     Ok(())
 }
 
@@ -324,33 +339,78 @@ mod tests {
         let user = store.insert_user(&email, "hash", 0).await.unwrap();
         let user_id = user.user_id().unwrap();
         store
-            .start_session(user_id, NewRefreshToken { hash: b"first", expires_at: 100 }, 0)
+            .start_session(
+                user_id,
+                NewRefreshToken {
+                    hash: b"first",
+                    expires_at: 100,
+                },
+                0,
+            )
             .await
             .unwrap();
-        let next = NewRefreshToken { hash: b"second", expires_at: 100 };
+        let next = NewRefreshToken {
+            hash: b"second",
+            expires_at: 100,
+        };
         assert_eq!(
             store.rotate(b"first", next, 1).await.unwrap(),
-            Rotation::Rotated { user_id: user.id.clone() }
+            Rotation::Rotated {
+                user_id: user.id.clone()
+            }
         );
-        let replay = NewRefreshToken { hash: b"third", expires_at: 100 };
-        assert_eq!(store.rotate(b"first", replay, 2).await.unwrap(), Rotation::Reused);
+        let replay = NewRefreshToken {
+            hash: b"third",
+            expires_at: 100,
+        };
+        assert_eq!(
+            store.rotate(b"first", replay, 2).await.unwrap(),
+            Rotation::Reused
+        );
         // The successor was revoked with its family.
-        let after = NewRefreshToken { hash: b"fourth", expires_at: 100 };
-        assert_eq!(store.rotate(b"second", after, 3).await.unwrap(), Rotation::Revoked);
+        let after = NewRefreshToken {
+            hash: b"fourth",
+            expires_at: 100,
+        };
+        assert_eq!(
+            store.rotate(b"second", after, 3).await.unwrap(),
+            Rotation::Revoked
+        );
     }
 
     #[tokio::test]
     async fn expired_and_unknown_tokens_are_told_apart() {
         let store = store().await;
         let email = Email::parse("b@example.com").unwrap();
-        let user_id = store.insert_user(&email, "hash", 0).await.unwrap().user_id().unwrap();
+        let user_id = store
+            .insert_user(&email, "hash", 0)
+            .await
+            .unwrap()
+            .user_id()
+            .unwrap();
         store
-            .start_session(user_id, NewRefreshToken { hash: b"old", expires_at: 10 }, 0)
+            .start_session(
+                user_id,
+                NewRefreshToken {
+                    hash: b"old",
+                    expires_at: 10,
+                },
+                0,
+            )
             .await
             .unwrap();
-        let next = || NewRefreshToken { hash: b"new", expires_at: 100 };
-        assert_eq!(store.rotate(b"old", next(), 10).await.unwrap(), Rotation::Expired);
-        assert_eq!(store.rotate(b"nope", next(), 10).await.unwrap(), Rotation::Unknown);
+        let next = || NewRefreshToken {
+            hash: b"new",
+            expires_at: 100,
+        };
+        assert_eq!(
+            store.rotate(b"old", next(), 10).await.unwrap(),
+            Rotation::Expired
+        );
+        assert_eq!(
+            store.rotate(b"nope", next(), 10).await.unwrap(),
+            Rotation::Unknown
+        );
         assert_eq!(store.purge(10, 0).await.unwrap().0, 1);
     }
 
@@ -359,6 +419,9 @@ mod tests {
         let store = store().await;
         let email = Email::parse("c@example.com").unwrap();
         store.insert_user(&email, "hash", 0).await.unwrap();
-        assert!(matches!(store.insert_user(&email, "hash", 0).await, Err(AuthError::EmailTaken)));
+        assert!(matches!(
+            store.insert_user(&email, "hash", 0).await,
+            Err(AuthError::EmailTaken)
+        ));
     }
 }

@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
-use strongbox_proto::auth::v1::auth_service_client::AuthServiceClient;
 use strongbox_proto::auth::v1::GetPublicKeysRequest;
+use strongbox_proto::auth::v1::auth_service_client::AuthServiceClient;
 use tokio::sync::{Mutex, RwLock};
+use tonic::Status;
 use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
-use tonic::Status;
 use uuid::Uuid;
 
 /// The `iss` of every access token.
@@ -98,6 +98,7 @@ pub fn bearer_token(metadata: &MetadataMap) -> Result<&str, TokenError> {
 }
 
 /// The key material a verifier checks signatures with.
+#[allow(clippy::large_enum_variant, reason = "one per process, behind an Arc")]
 enum KeyRing {
     /// A shared HS256 secret.
     Shared(DecodingKey),
@@ -175,18 +176,26 @@ impl Verifier {
                     return Err(TokenError::Invalid("wrong algorithm"));
                 }
                 let kid = header.kid.ok_or(TokenError::Invalid("no key id"))?;
-                let key = match keys.read().await.get(&kid).cloned() {
+                // Bound first: a guard in the `match` scrutinee would live through the
+                // arms and deadlock the refetch's write lock.
+                let known = keys.read().await.get(&kid).cloned();
+                let key = match known {
                     Some(key) => key,
                     None => {
                         let source = source.as_ref().ok_or(TokenError::UnknownKey)?;
                         source.refetch(keys).await?;
-                        keys.read().await.get(&kid).cloned().ok_or(TokenError::UnknownKey)?
+                        keys.read()
+                            .await
+                            .get(&kid)
+                            .cloned()
+                            .ok_or(TokenError::UnknownKey)?
                     }
                 };
                 decode(token, &key, Algorithm::EdDSA)?
             }
         };
-        let user_id = Uuid::parse_str(&claims.sub).map_err(|_| TokenError::Invalid("bad subject"))?;
+        let user_id =
+            Uuid::parse_str(&claims.sub).map_err(|_| TokenError::Invalid("bad subject"))?;
         Ok(Caller { user_id })
     }
 }
