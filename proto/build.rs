@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["auth/v1/auth.proto"];
+const PROTOS: &[&str] = &["auth/v1/auth.proto", "storage/v1/storage.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: build scripts are single-threaded; nothing else reads the environment concurrently.

@@ -45,26 +45,11 @@ impl From<AuthError> for Status {
                 status
             }
             AuthError::Token(token) => token.into(),
-            AuthError::Database(source) => database_status(&source),
+            AuthError::Database(source) => strongbox_common::sqlite::status(&source),
             AuthError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 Status::internal("internal error; try again later")
             }
         }
-    }
-}
-
-fn database_status(source: &sqlx::Error) -> Status {
-    let busy = matches!(source, sqlx::Error::PoolTimedOut)
-        || source
-            .as_database_error()
-            .and_then(|db| db.code())
-            .is_some_and(|code| code == "5" || code == "6");
-    if busy {
-        tracing::warn!(%source, "database busy");
-        Status::unavailable("the service is busy; try again shortly")
-    } else {
-        tracing::error!(%source, "database error");
-        Status::internal("internal error; try again later")
     }
 }

@@ -4,6 +4,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
+use strongbox_common::secrets;
 
 use crate::error::AuthError;
 
@@ -16,8 +17,7 @@ pub struct RefreshToken(String);
 
 impl RefreshToken {
     pub fn generate() -> Result<Self, AuthError> {
-        let mut bytes = [0u8; TOKEN_BYTES];
-        getrandom::fill(&mut bytes).map_err(|err| {
+        let bytes = secrets::random_bytes::<TOKEN_BYTES>().map_err(|err| {
             AuthError::Internal(format!("no randomness for a refresh token: {err}"))
         })?;
         Ok(Self(URL_SAFE_NO_PAD.encode(bytes)))

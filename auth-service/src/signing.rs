@@ -5,7 +5,6 @@
 //! from `GetPublicKeys`, named by a `kid` derived from the key itself. `JWT_SECRET`
 //! switches to HS256 for deployments that share one secret.
 
-use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,6 +13,7 @@ use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use sha2::{Digest, Sha256};
 use strongbox_common::jwt::{self, Claims, Verifier};
+use strongbox_common::secrets;
 use strongbox_proto::auth::v1::PublicKey;
 use uuid::Uuid;
 
@@ -149,45 +149,14 @@ fn key_id(public_raw: &[u8; 32]) -> String {
 }
 
 fn read_or_generate_key(path: &Path) -> Result<String, AuthError> {
-    let io_error = |what: &str, err: std::io::Error| {
-        AuthError::Internal(format!("{what} {}: {err}", path.display()))
-    };
-    match std::fs::read_to_string(path) {
-        Ok(pem) => return Ok(pem),
-        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-            return Err(io_error("cannot read the signing key", err));
-        }
-        Err(_) => {}
-    }
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|err| io_error("cannot create the directory of", err))?;
-    }
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed)
-        .map_err(|err| AuthError::Internal(format!("no randomness for a signing key: {err}")))?;
-    let pem = ed25519_dalek::SigningKey::from_bytes(&seed)
-        .to_pkcs8_pem(LineEnding::LF)
-        .map_err(|err| AuthError::Internal(format!("encoding a new signing key: {err}")))?;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(path) {
-        Ok(mut file) => {
-            file.write_all(pem.as_bytes())
-                .and_then(|()| file.sync_all())
-                .map_err(|err| io_error("cannot write the signing key", err))?;
-            tracing::info!(path = %path.display(), "generated a new Ed25519 signing key");
-            Ok(pem.to_string())
-        }
-        // Another process generated it first: use theirs.
-        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-            std::fs::read_to_string(path)
-                .map_err(|err| io_error("cannot read the signing key", err))
-        }
-        Err(err) => Err(io_error("cannot create the signing key", err)),
-    }
+    secrets::read_or_create(path, || {
+        let seed = secrets::random_bytes::<32>()?;
+        let pem = ed25519_dalek::SigningKey::from_bytes(&seed)
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(std::io::Error::other)?;
+        Ok(pem.to_string())
+    })
+    .map_err(|err| AuthError::Internal(format!("signing key {}: {err}", path.display())))
 }
 
 pub(crate) fn unix_now() -> u64 {

@@ -1,22 +1,15 @@
 //! The auth database: users, refresh tokens and failed logins, in SQLite through sqlx.
 //!
-//! WAL lets readers run beside the single writer; every write transaction starts with
-//! `BEGIN IMMEDIATE` so it takes the write lock up front and waits (busy timeout)
-//! instead of failing with "database is locked" when it later tries to upgrade.
+//! Every write transaction starts with `BEGIN IMMEDIATE`, so it takes the write lock up
+//! front and waits (busy timeout) instead of failing with "database is locked" when it
+//! would later try to upgrade a read lock.
 
-use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
-
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{FromRow, SqlitePool};
+use strongbox_common::sqlite;
 use uuid::Uuid;
 
 use crate::credentials::Email;
 use crate::error::AuthError;
-
-const BUSY_TIMEOUT: Duration = Duration::from_secs(15);
-const MAX_CONNECTIONS: u32 = 8;
 
 #[derive(Debug, Clone, FromRow)]
 pub struct UserRecord {
@@ -70,27 +63,9 @@ pub struct Store {
 impl Store {
     /// Opens (creating if missing) the database at `url` and runs the embedded migrations.
     pub async fn connect(url: &str) -> Result<Self, AuthError> {
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(|err| AuthError::Internal(format!("DATABASE_URL {url:?} is invalid: {err}")))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT);
-        if let Some(parent) = Path::new(options.get_filename()).parent()
-            && !parent.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(parent).map_err(|err| {
-                AuthError::Internal(format!("cannot create {}: {err}", parent.display()))
-            })?;
-        }
-        // Each connection to `:memory:` is its own empty database: keep to one.
-        let in_memory = options.get_filename() == Path::new(":memory:");
-        let pool = SqlitePoolOptions::new()
-            .max_connections(if in_memory { 1 } else { MAX_CONNECTIONS })
-            .acquire_timeout(BUSY_TIMEOUT)
-            .connect_with(options)
-            .await?;
+        let pool = sqlite::open(url)
+            .await
+            .map_err(|err| AuthError::Internal(err.to_string()))?;
         sqlx::migrate!("./migrations")
             .run(&pool)
             .await

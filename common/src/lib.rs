@@ -4,10 +4,14 @@
 //! - [`config`]: `.env` loading and the arguments all services take;
 //! - [`telemetry`]: tracing setup;
 //! - [`server`]: the gRPC bootstrap (reflection, health, per-call spans, graceful shutdown);
-//! - [`shutdown`]: the SIGINT/SIGTERM future handed to `run`.
+//! - [`shutdown`]: the SIGINT/SIGTERM future handed to `run`;
+//! - [`sqlite`]: opening a service's database (WAL, busy timeout, foreign keys);
+//! - [`secrets`]: key material generated once into the data directory.
 
 pub mod config;
 pub mod jwt;
+pub mod secrets;
 pub mod server;
 pub mod shutdown;
+pub mod sqlite;
 pub mod telemetry;

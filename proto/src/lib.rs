@@ -10,5 +10,11 @@ pub mod auth {
     }
 }
 
+pub mod storage {
+    pub mod v1 {
+        tonic::include_proto!("storage.v1");
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every proto here, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("strongbox_descriptor");

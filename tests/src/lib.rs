@@ -11,6 +11,8 @@ use tokio::sync::oneshot;
 use tonic::transport::{Channel, Endpoint};
 
 pub mod auth;
+pub mod s3;
+pub mod storage;
 pub mod tools;
 
 /// A service running on its own runtime thread. Dropping it signals shutdown without
@@ -30,9 +32,21 @@ impl RunningService {
         Fut: Future<Output = Result<(), E>>,
         E: std::fmt::Display,
     {
+        Self::start_on(0, workers, serve)
+    }
+
+    /// Like [`RunningService::start`], on a given port (0 picks a free one): restarting a
+    /// service on its old port is how the suites test recovery.
+    pub fn start_on<F, Fut, E>(port: u16, workers: usize, serve: F) -> Self
+    where
+        F: FnOnce(tokio::net::TcpListener, oneshot::Receiver<()>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
         let (stop, stopped) = oneshot::channel();
         let (finish, finished) = oneshot::channel();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+        let listener =
+            std::net::TcpListener::bind(("127.0.0.1", port)).expect("a free loopback port");
         let addr = listener.local_addr().expect("a bound address");
         listener
             .set_nonblocking(true)
@@ -74,7 +88,7 @@ impl RunningService {
 
     /// Stops the service gracefully and returns what `run` returned. Clients holding
     /// connections keep working meanwhile: waiting never blocks the caller's runtime.
-    pub async fn stop(mut self) -> Result<(), String> {
+    pub async fn stop(&mut self) -> Result<(), String> {
         if let Some(stop) = self.stop.take() {
             stop.send(()).ok();
         }
@@ -86,14 +100,33 @@ impl RunningService {
         }
     }
 
-    /// Whether `run` has returned (it should not before `stop`).
-    pub fn has_exited(&mut self) -> bool {
-        self.finished.as_mut().is_none_or(|finished| {
-            !matches!(
-                finished.try_recv(),
-                Err(oneshot::error::TryRecvError::Empty)
-            )
-        })
+    /// Waits until the service answers health checks with SERVING; panics with the
+    /// service's own error if it stopped instead.
+    pub async fn wait_until_serving(&mut self) {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let mut health = HealthClient::new(self.channel());
+        for _ in 0..200 {
+            if let Some(finished) = self.finished.as_mut()
+                && let Ok(outcome) = finished.try_recv()
+            {
+                panic!("the service stopped while starting: {outcome:?}");
+            }
+            let check = health
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await;
+            if check.is_ok_and(|response| response.into_inner().status() == ServingStatus::Serving)
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!(
+            "the service at {} did not become healthy within 10 s",
+            self.addr
+        );
     }
 }
 
@@ -131,4 +164,25 @@ impl Default for Scratch {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Every regular file below `root`, recursively (empty when it does not exist).
+pub fn files_below(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
 }

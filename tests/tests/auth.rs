@@ -383,7 +383,7 @@ async fn expired_refresh_tokens_are_refused() {
 async fn refresh_tokens_are_stored_only_as_sha256() {
     use sha2::{Digest, Sha256};
     let data = Scratch::new();
-    let auth = TestAuth::start_in(&data, |_| {});
+    let mut auth = TestAuth::start_in(&data, |_| {});
     let tokens = auth.register_and_login("leo@example.com").await;
     let db = auth
         .config
@@ -412,7 +412,7 @@ async fn refresh_tokens_are_stored_only_as_sha256() {
 #[tokio::test]
 async fn sessions_and_keys_survive_a_restart() {
     let data = Scratch::new();
-    let auth = TestAuth::start_in(&data, |_| {});
+    let mut auth = TestAuth::start_in(&data, |_| {});
     let tokens = auth.register_and_login("mallory@example.com").await;
     let keys_before = auth
         .client()

@@ -1,0 +1,265 @@
+//! The object store behind the service: S3 (MinIO or any S3-compatible server) when
+//! `STORAGE_ENDPOINT` is set, a local directory otherwise. Both go through
+//! `object_store`, so uploads, downloads and deletes are one code path; they differ
+//! only in how a browser gets the bytes (presigned S3 URL or a gateway link) and in
+//! whether objects carry attributes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::signer::Signer;
+use object_store::{
+    Attribute, Attributes, ClientOptions, ObjectStore, PutMultipartOptions, RetryConfig,
+};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::Method;
+use url::Url;
+
+use crate::config::Config;
+use crate::error::StorageError;
+use crate::links::LinkSigner;
+use crate::names::ObjectKey;
+
+/// S3 rejects multipart parts under 5 MiB (except the last).
+pub const S3_MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+
+pub struct Backend {
+    pub store: Arc<dyn ObjectStore>,
+    downloads: Downloads,
+    /// For messages: "S3 bucket uploads at http://minio:9000" or "directory ./data/objects".
+    pub description: String,
+}
+
+enum Downloads {
+    /// Presigned GETs, signed for the endpoint browsers reach.
+    Presigned(AmazonS3),
+    /// HMAC-signed links to the gateway.
+    Linked(LinkSigner),
+}
+
+impl Backend {
+    /// Builds the configured backend and proves it works: on S3 the bucket is created if
+    /// missing and then listed, so bad credentials stop the service at start.
+    pub async fn connect(config: &Config, link_secret: &[u8]) -> Result<Self, StorageError> {
+        match &config.storage_endpoint {
+            Some(endpoint) => Self::s3(config, endpoint).await,
+            None => Self::local(config, link_secret),
+        }
+    }
+
+    fn local(config: &Config, link_secret: &[u8]) -> Result<Self, StorageError> {
+        let dir = config.storage_dir();
+        std::fs::create_dir_all(&dir).map_err(|err| {
+            StorageError::Internal(format!(
+                "cannot create STORAGE_DIR {}: {err}",
+                dir.display()
+            ))
+        })?;
+        let store = LocalFileSystem::new_with_prefix(&dir)?;
+        Ok(Self {
+            store: Arc::new(store),
+            downloads: Downloads::Linked(LinkSigner::new(link_secret, &config.public_base_url)?),
+            description: format!("directory {}", dir.display()),
+        })
+    }
+
+    async fn s3(config: &Config, endpoint: &str) -> Result<Self, StorageError> {
+        if config.upload_part_size < S3_MIN_PART_SIZE {
+            return Err(StorageError::Internal(format!(
+                "UPLOAD_PART_SIZE must be at least {S3_MIN_PART_SIZE} bytes for S3 (it is {})",
+                config.upload_part_size
+            )));
+        }
+        let description = format!("S3 bucket {} at {endpoint}", config.storage_bucket);
+        create_bucket_if_missing(config, endpoint)
+            .await
+            .map_err(|err| StorageError::Internal(format!("cannot create {description}: {err}")))?;
+        let store = s3_client(config, endpoint)?;
+        // Listing proves the endpoint, the credentials and the bucket all work.
+        store
+            .list_with_delimiter(Some(&Path::from("_probe")))
+            .await
+            .map_err(|err| StorageError::Internal(format!("cannot access {description}: {err}")))?;
+        let public = config
+            .storage_public_endpoint
+            .as_deref()
+            .unwrap_or(endpoint);
+        Ok(Self {
+            store: Arc::new(store),
+            downloads: Downloads::Presigned(s3_client(config, public)?),
+            description,
+        })
+    }
+
+    /// Options for a new object: on S3 the object carries its content type and a
+    /// Content-Disposition with the original name, so a presigned download saves under
+    /// the right name. The local backend stores no attributes (its links are served by
+    /// the gateway, which sets those headers itself).
+    pub fn put_options(&self, filename: &str, content_type: &str) -> PutMultipartOptions {
+        let mut attributes = Attributes::new();
+        if matches!(self.downloads, Downloads::Presigned(_)) {
+            attributes.insert(Attribute::ContentType, content_type.to_owned().into());
+            attributes.insert(
+                Attribute::ContentDisposition,
+                content_disposition(filename).into(),
+            );
+        }
+        PutMultipartOptions {
+            attributes,
+            ..Default::default()
+        }
+    }
+
+    /// A URL a browser can open to download `key` until `expires_at` (unix seconds).
+    pub async fn download_url(
+        &self,
+        key: &ObjectKey,
+        ttl: Duration,
+        expires_at: u64,
+    ) -> Result<Url, StorageError> {
+        match &self.downloads {
+            Downloads::Presigned(signer) => {
+                Ok(signer.signed_url(Method::GET, &key.path(), ttl).await?)
+            }
+            Downloads::Linked(links) => Ok(links.link(key, expires_at)),
+        }
+    }
+
+    /// Checks a gateway link's signature; only the local backend issues such links.
+    pub fn verify_link(
+        &self,
+        key: &str,
+        expires: u64,
+        signature: &str,
+        now: u64,
+    ) -> Result<(), StorageError> {
+        match &self.downloads {
+            Downloads::Linked(links) => links.verify(key, expires, signature, now),
+            Downloads::Presigned(_) => Err(StorageError::NotFound(
+                "signed links are only issued by the local backend; use the presigned URL",
+            )),
+        }
+    }
+}
+
+fn s3_client(config: &Config, endpoint: &str) -> Result<AmazonS3, StorageError> {
+    let client_options = ClientOptions::new()
+        .with_allow_http(endpoint.starts_with("http://"))
+        .with_timeout(config.storage_timeout())
+        .with_connect_timeout(Duration::from_secs(5));
+    // A few quick retries, then fail: an unreachable store must become UNAVAILABLE
+    // promptly, not hang the call.
+    let retry = RetryConfig {
+        max_retries: 2,
+        retry_timeout: config.storage_timeout(),
+        ..RetryConfig::default()
+    };
+    Ok(AmazonS3Builder::new()
+        .with_endpoint(endpoint)
+        .with_bucket_name(&config.storage_bucket)
+        .with_region(&config.storage_region)
+        .with_access_key_id(&config.storage_access_key)
+        .with_secret_access_key(&config.storage_secret_key)
+        .with_virtual_hosted_style_request(false)
+        .with_client_options(client_options)
+        .with_retry(retry)
+        .build()?)
+}
+
+/// `object_store` cannot create buckets, so a presigned CreateBucket (signed by
+/// rusty-s3, a maintained signing crate) is sent with reqwest. "Already yours" is fine.
+async fn create_bucket_if_missing(config: &Config, endpoint: &str) -> Result<(), String> {
+    use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+    let endpoint_url =
+        Url::parse(endpoint).map_err(|err| format!("STORAGE_ENDPOINT is not a URL: {err}"))?;
+    let bucket = Bucket::new(
+        endpoint_url,
+        UrlStyle::Path,
+        config.storage_bucket.clone(),
+        config.storage_region.clone(),
+    )
+    .map_err(|err| err.to_string())?;
+    let credentials = Credentials::new(
+        config.storage_access_key.clone(),
+        config.storage_secret_key.clone(),
+    );
+    let url = bucket
+        .create_bucket(&credentials)
+        .sign(Duration::from_secs(60));
+    let response = reqwest::Client::builder()
+        .timeout(config.storage_timeout())
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|err| err.to_string())?
+        .put(url)
+        .header(reqwest::header::CONTENT_LENGTH, 0)
+        .send()
+        .await
+        .map_err(|err| format!("the endpoint is unreachable: {err}"))?;
+    let status = response.status();
+    if status.is_success() {
+        tracing::info!(bucket = %config.storage_bucket, "created bucket");
+        return Ok(());
+    }
+    let body = response.text().await.unwrap_or_default();
+    // Some servers say "already exists" even for the caller's own bucket; the access
+    // check that follows tells whether it is really usable.
+    if status == reqwest::StatusCode::CONFLICT && body.contains("BucketAlready") {
+        return Ok(());
+    }
+    Err(format!(
+        "CreateBucket answered {status}: {}",
+        body.chars().take(300).collect::<String>()
+    ))
+}
+
+/// `attachment` with the original name, as RFC 6266 wants it: an ASCII fallback and
+/// the exact name percent-encoded in `filename*`.
+pub fn content_disposition(filename: &str) -> String {
+    let fallback: String = filename
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    // RFC 5987 attr-chars stay as they are; everything else is percent-encoded.
+    const NOT_ATTR_CHAR: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'!')
+        .remove(b'#')
+        .remove(b'$')
+        .remove(b'&')
+        .remove(b'+')
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'^')
+        .remove(b'_')
+        .remove(b'`')
+        .remove(b'|')
+        .remove(b'~');
+    let encoded = utf8_percent_encode(filename, NOT_ATTR_CHAR);
+    format!("attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_disposition_follows_rfc_6266() {
+        assert_eq!(
+            content_disposition("report.pdf"),
+            "attachment; filename=\"report.pdf\"; filename*=UTF-8''report.pdf"
+        );
+        assert_eq!(
+            content_disposition("naïve \"quote\".txt"),
+            "attachment; filename=\"na_ve _quote_.txt\"; filename*=UTF-8''na%C3%AFve%20%22quote%22.txt"
+        );
+    }
+}

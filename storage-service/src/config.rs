@@ -1,0 +1,158 @@
+//! storage-service settings: one `clap` struct, so `--help`, environment variables and
+//! defaults come from the same declaration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use strongbox_common::config::DataDirArgs;
+
+const MIB: u64 = 1024 * 1024;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "storage-service",
+    version,
+    about = "Strongbox file storage over gRPC: streaming uploads into S3 or a local directory"
+)]
+pub struct Config {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "STORAGE_LISTEN", default_value = "127.0.0.1:50052")]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub data: DataDirArgs,
+
+    /// SQLite database of the file index and upload sessions
+    /// [default: sqlite://<DATA_DIR>/storage.db].
+    #[arg(long, env = "STORAGE_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Directory of the local object store, used when STORAGE_ENDPOINT is not set
+    /// [default: <DATA_DIR>/objects].
+    #[arg(long, env = "STORAGE_DIR")]
+    pub storage_dir: Option<PathBuf>,
+
+    /// S3-compatible endpoint (e.g. http://minio:9000). Set → S3; unset → local directory.
+    #[arg(long, env = "STORAGE_ENDPOINT")]
+    pub storage_endpoint: Option<String>,
+
+    /// S3 access key.
+    #[arg(long, env = "STORAGE_ACCESS_KEY", default_value = "")]
+    pub storage_access_key: String,
+
+    /// S3 secret key.
+    #[arg(
+        long,
+        env = "STORAGE_SECRET_KEY",
+        default_value = "",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub storage_secret_key: String,
+
+    /// S3 bucket; created at start if missing.
+    #[arg(long, env = "STORAGE_BUCKET", default_value = "uploads")]
+    pub storage_bucket: String,
+
+    /// S3 region.
+    #[arg(long, env = "STORAGE_REGION", default_value = "us-east-1")]
+    pub storage_region: String,
+
+    /// The S3 endpoint as browsers reach it; download URLs are signed for this host
+    /// [default: STORAGE_ENDPOINT].
+    #[arg(long, env = "STORAGE_PUBLIC_ENDPOINT")]
+    pub storage_public_endpoint: Option<String>,
+
+    /// Timeout of one S3 request, in seconds.
+    #[arg(long, env = "STORAGE_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub storage_timeout_seconds: u64,
+
+    /// auth-service, whose GetPublicKeys verifies access tokens (unless JWT_SECRET is set).
+    #[arg(
+        long,
+        env = "AUTH_SERVICE_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub auth_service_url: String,
+
+    /// Shared HS256 secret; when set, tokens are verified with it instead of auth-service's keys.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Largest file accepted, in bytes.
+    #[arg(long, env = "MAX_UPLOAD_BYTES", default_value_t = 5 * 1024 * MIB)]
+    pub max_upload_bytes: u64,
+
+    /// Comma-separated MIME types accepted (e.g. `image/*,application/pdf`); empty means any.
+    #[arg(
+        long,
+        env = "ALLOWED_CONTENT_TYPES",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub allowed_content_types: Vec<String>,
+
+    /// Size of each multipart part sent to the object store, in bytes (S3 needs ≥ 5 MiB).
+    #[arg(long, env = "UPLOAD_PART_SIZE", default_value_t = 8 * MIB)]
+    pub upload_part_size: u64,
+
+    /// Parts of one upload in flight to the object store at once.
+    #[arg(long, env = "UPLOAD_PARTS_IN_FLIGHT", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub upload_parts_in_flight: u64,
+
+    /// Largest chunk in one gRPC message (Upload chunks, UploadChunk data), in bytes.
+    #[arg(long, env = "MAX_CHUNK_BYTES", default_value_t = 4 * MIB)]
+    pub max_chunk_bytes: u64,
+
+    /// Unfinished resumable upload sessions are deleted after this many seconds.
+    #[arg(long, env = "UPLOAD_SESSION_TTL_SECONDS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+    pub upload_session_ttl_seconds: u64,
+
+    /// Public base URL of the gateway, which serves the local backend's download links.
+    #[arg(long, env = "PUBLIC_BASE_URL", default_value = "http://localhost:8000")]
+    pub public_base_url: String,
+
+    /// Key that signs the local backend's download links [default: generated into
+    /// <DATA_DIR>/download-links.key].
+    #[arg(long, env = "DOWNLOAD_URL_SECRET", hide_env_values = true)]
+    pub download_url_secret: Option<String>,
+}
+
+impl Config {
+    /// Settings with every default, keeping state under `data_dir` (for tests and the launcher).
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        use clap::Parser;
+        let mut config = Self::parse_from(["storage-service"]);
+        config.data.data_dir = data_dir.into();
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}",
+                self.data.data_dir.join("storage.db").display()
+            )
+        })
+    }
+
+    pub fn storage_dir(&self) -> PathBuf {
+        self.storage_dir
+            .clone()
+            .unwrap_or_else(|| self.data.data_dir.join("objects"))
+    }
+
+    pub fn download_secret_path(&self) -> PathBuf {
+        self.data.data_dir.join("download-links.key")
+    }
+
+    pub fn storage_timeout(&self) -> Duration {
+        Duration::from_secs(self.storage_timeout_seconds)
+    }
+
+    pub fn upload_session_ttl(&self) -> Duration {
+        Duration::from_secs(self.upload_session_ttl_seconds)
+    }
+}

@@ -1,0 +1,68 @@
+//! The one error type of storage-service and its single mapping to `tonic::Status`.
+
+use tonic::Status;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("the file is larger than the upload limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("the file was declared as {declared} bytes but {received} bytes were sent")]
+    SizeMismatch { declared: u64, received: u64 },
+    #[error(
+        "the content's SHA-256 is {actual}, not the declared {declared}; nothing was stored, upload it again"
+    )]
+    ChecksumMismatch { declared: String, actual: String },
+    #[error("the upload stream failed: {0}")]
+    ClientStream(Status),
+    #[error(transparent)]
+    Token(#[from] strongbox_common::jwt::TokenError),
+    #[error("object storage failed: {0}")]
+    ObjectStore(#[from] object_store::Error),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StorageError> for Status {
+    fn from(err: StorageError) -> Self {
+        match err {
+            StorageError::InvalidArgument(_) | StorageError::SizeMismatch { .. } => {
+                Status::invalid_argument(err.to_string())
+            }
+            StorageError::NotFound(message) => Status::not_found(message),
+            StorageError::FailedPrecondition(message) => Status::failed_precondition(message),
+            StorageError::TooLarge { .. } => Status::resource_exhausted(err.to_string()),
+            StorageError::ChecksumMismatch { .. } => Status::data_loss(err.to_string()),
+            // tonic reports an over-sized message as OUT_OF_RANGE; to the client it is a
+            // limit it exceeded.
+            StorageError::ClientStream(status) if status.code() == tonic::Code::OutOfRange => {
+                Status::resource_exhausted(format!(
+                    "{}; send the file in smaller chunks (see MAX_CHUNK_BYTES)",
+                    status.message()
+                ))
+            }
+            // The client went away or broke its stream; this status rarely reaches anyone.
+            StorageError::ClientStream(status) => status,
+            StorageError::Token(token) => token.into(),
+            StorageError::ObjectStore(object_store::Error::NotFound { .. }) => {
+                Status::not_found("the file's content is missing from storage")
+            }
+            StorageError::ObjectStore(source) => {
+                tracing::warn!(%source, "object storage failed");
+                Status::unavailable("object storage is unavailable; try again shortly")
+            }
+            StorageError::Database(source) => strongbox_common::sqlite::status(&source),
+            StorageError::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                Status::internal("internal error; try again later")
+            }
+        }
+    }
+}

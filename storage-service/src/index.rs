@@ -1,0 +1,285 @@
+//! The file index and the resumable-session table, in SQLite.
+//!
+//! The object store holds bytes; this index says which objects are files, whose they
+//! are and what they were called. A file row is written only after its object is
+//! complete, and every query is scoped by user id, so another user's key is simply
+//! "not found".
+
+use sqlx::{FromRow, SqlitePool};
+use strongbox_common::sqlite;
+use uuid::Uuid;
+
+use crate::error::StorageError;
+use crate::names::ObjectKey;
+
+#[derive(Debug, Clone, FromRow)]
+pub struct FileRow {
+    pub key: String,
+    pub user_id: String,
+    pub filename: String,
+    pub content_type: String,
+    pub size: i64,
+    pub sha256: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct SessionRow {
+    pub id: String,
+    pub user_id: String,
+    pub key: String,
+    pub filename: String,
+    pub content_type: String,
+    pub declared_size: Option<i64>,
+    pub declared_sha256: Option<String>,
+    pub received: i64,
+    pub state: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// Where a listing page starts: just after this (created_at, key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_at: i64,
+    pub key: String,
+}
+
+#[derive(Clone)]
+pub struct Index {
+    pool: SqlitePool,
+}
+
+impl Index {
+    pub async fn open(url: &str) -> Result<Self, StorageError> {
+        let pool = sqlite::open(url)
+            .await
+            .map_err(|err| StorageError::Internal(err.to_string()))?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|err| StorageError::Internal(format!("database migration failed: {err}")))?;
+        Ok(Self { pool })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub async fn insert_file(&self, file: &FileRow) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO files (key, user_id, filename, content_type, size, sha256, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&file.key)
+        .bind(&file.user_id)
+        .bind(&file.filename)
+        .bind(&file.content_type)
+        .bind(file.size)
+        .bind(&file.sha256)
+        .bind(file.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn file(&self, user: Uuid, key: &ObjectKey) -> Result<FileRow, StorageError> {
+        sqlx::query_as("SELECT * FROM files WHERE key = ? AND user_id = ?")
+            .bind(key.as_str())
+            .bind(user.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StorageError::NotFound("no file with this key"))
+    }
+
+    /// A file by key alone, for signed links (whose signature already proved access).
+    pub async fn file_by_key(&self, key: &str) -> Result<FileRow, StorageError> {
+        sqlx::query_as("SELECT * FROM files WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StorageError::NotFound("no file with this key"))
+    }
+
+    /// Up to `limit` files of `user`, newest first, after `cursor`.
+    pub async fn list(
+        &self,
+        user: Uuid,
+        cursor: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<Vec<FileRow>, StorageError> {
+        let rows = match cursor {
+            None => {
+                sqlx::query_as(
+                    "SELECT * FROM files WHERE user_id = ? ORDER BY created_at DESC, key DESC LIMIT ?",
+                )
+                .bind(user.to_string())
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            Some(cursor) => {
+                sqlx::query_as(
+                    "SELECT * FROM files WHERE user_id = ? AND (created_at < ? OR (created_at = ? AND key < ?))
+                     ORDER BY created_at DESC, key DESC LIMIT ?",
+                )
+                .bind(user.to_string())
+                .bind(cursor.created_at)
+                .bind(cursor.created_at)
+                .bind(&cursor.key)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        Ok(rows)
+    }
+
+    /// Removes a file's row; returns whether it existed.
+    pub async fn delete_file(&self, user: Uuid, key: &ObjectKey) -> Result<bool, StorageError> {
+        let result = sqlx::query("DELETE FROM files WHERE key = ? AND user_id = ?")
+            .bind(key.as_str())
+            .bind(user.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    pub async fn insert_session(&self, session: &SessionRow) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO upload_sessions (id, user_id, key, filename, content_type, declared_size,
+                 declared_sha256, received, state, created_at, expires_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, 0, 'open', ?, ?)",
+        )
+        .bind(&session.id)
+        .bind(&session.user_id)
+        .bind(&session.key)
+        .bind(&session.filename)
+        .bind(&session.content_type)
+        .bind(session.declared_size)
+        .bind(&session.declared_sha256)
+        .bind(session.created_at)
+        .bind(session.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A live session of `user`; unknown, foreign and expired ones are all "not found".
+    pub async fn session(
+        &self,
+        user: Uuid,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<SessionRow, StorageError> {
+        sqlx::query_as("SELECT * FROM upload_sessions WHERE id = ? AND user_id = ? AND expires_at > ?")
+            .bind(id)
+            .bind(user.to_string())
+            .bind(now_ms)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StorageError::NotFound(
+                "no upload session with this id (it may have expired or been completed); start a new upload",
+            ))
+    }
+
+    /// Records a staged chunk at `start` if the session still ends there (compare and
+    /// set: of two racing writers of one offset, one wins). Returns the new length.
+    pub async fn append_chunk(
+        &self,
+        id: &str,
+        start: i64,
+        length: i64,
+    ) -> Result<Option<i64>, StorageError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let advanced = sqlx::query(
+            "UPDATE upload_sessions SET received = received + ? WHERE id = ? AND received = ? AND state = 'open'",
+        )
+        .bind(length)
+        .bind(id)
+        .bind(start)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if advanced == 0 {
+            return Ok(None);
+        }
+        sqlx::query("INSERT INTO upload_chunks (session_id, start, length) VALUES (?, ?, ?)")
+            .bind(id)
+            .bind(start)
+            .bind(length)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(start + length))
+    }
+
+    /// The staged chunks of a session, in order: (start, length).
+    pub async fn chunks(&self, id: &str) -> Result<Vec<(i64, i64)>, StorageError> {
+        Ok(sqlx::query_as(
+            "SELECT start, length FROM upload_chunks WHERE session_id = ? ORDER BY start",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Moves a session between 'open' and 'completing'; false if it was not in `from`.
+    pub async fn set_session_state(
+        &self,
+        id: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<bool, StorageError> {
+        let result = sqlx::query("UPDATE upload_sessions SET state = ? WHERE id = ? AND state = ?")
+            .bind(to)
+            .bind(id)
+            .bind(from)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    /// Turns a completed session into its file row, in one transaction.
+    pub async fn complete_session(&self, id: &str, file: &FileRow) -> Result<(), StorageError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "INSERT INTO files (key, user_id, filename, content_type, size, sha256, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&file.key)
+        .bind(&file.user_id)
+        .bind(&file.filename)
+        .bind(&file.content_type)
+        .bind(file.size)
+        .bind(&file.sha256)
+        .bind(file.created_at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM upload_sessions WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn delete_session(&self, id: &str) -> Result<(), StorageError> {
+        sqlx::query("DELETE FROM upload_sessions WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Sessions whose time ran out.
+    pub async fn expired_sessions(&self, now_ms: i64) -> Result<Vec<String>, StorageError> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT id FROM upload_sessions WHERE expires_at <= ?")
+                .bind(now_ms)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+}

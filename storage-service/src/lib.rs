@@ -1,0 +1,28 @@
+//! storage-service: users' files in object storage, uploaded as streams.
+//!
+//! - [`names`]: safe names, per-user object keys, SHA-256 digests — parsed at the edge;
+//! - [`policy`]: content types and size limits;
+//! - [`sink`]: the streaming core — multipart upload, hashing, limits, abort on failure;
+//! - [`files`]: uploads become files; list, describe, download, delete;
+//! - [`sessions`]: resumable uploads for clients that cannot stream;
+//! - [`backend`]: S3 or a local directory behind `object_store`, and download URLs;
+//! - [`links`]: the local backend's HMAC-signed download links;
+//! - [`index`]: the SQLite index of files and sessions;
+//! - [`service`]: the gRPC API; [`error`]: its one error type; [`server`]: `run`.
+
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod files;
+pub mod index;
+pub mod links;
+pub mod names;
+pub mod policy;
+pub mod server;
+pub mod service;
+pub mod sessions;
+pub mod sink;
+
+pub use config::Config;
+pub use error::StorageError;
+pub use server::run;

@@ -1,0 +1,251 @@
+//! Object keys and what goes into them, parsed at the edge.
+//!
+//! A key is `<user id>/<unix seconds>-<16 random hex>-<safe name>`: the user id
+//! namespaces it, the timestamp sorts it, the random part keeps two same-name uploads in
+//! the same second apart, and the safe name keeps it readable. The original filename is
+//! stored beside the object, never trusted inside the key.
+
+use std::fmt;
+
+use object_store::path::Path;
+use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::char::is_combining_mark;
+use uuid::Uuid;
+
+use crate::error::StorageError;
+
+/// Longest safe name, in bytes. The name in a key is a readable hint (the original is
+/// kept in full beside it), so it is kept short: the whole key stays around 100 bytes,
+/// well inside file-name limits of local disks and of S3 servers that map keys to
+/// file names (s3s-fs, which the tests run, base64-encodes the key into one).
+pub const MAX_SAFE_NAME_BYTES: usize = 40;
+/// Longest extension kept intact when a name is shortened.
+const MAX_EXTENSION_BYTES: usize = 10;
+const FALLBACK_NAME: &str = "file";
+
+/// Characters a safe name may hold besides ASCII letters and digits.
+const SAFE_PUNCTUATION: &str = ".-_()+,";
+
+/// A filename reduced to ASCII that is safe, unescaped, in an object key, a URL and a
+/// local file name: letters, digits and `.-_()+,`. Accents are dropped (`März` → `Marz`),
+/// everything else becomes `_`. ASCII matters: `object_store` percent-encodes other
+/// bytes, which would make the stored key differ from ours and triple its length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SafeName(String);
+
+impl SafeName {
+    pub fn from_original(original: &str) -> Self {
+        let mapped: String = original
+            .nfkd()
+            .filter(|&c| !c.is_control() && !is_combining_mark(c))
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || SAFE_PUNCTUATION.contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        // No hidden files, no `.`/`..`, no trailing dots (Windows drops them).
+        let trimmed = mapped
+            .trim_start_matches(['.', '_'])
+            .trim_end_matches(['.', '_']);
+        let name = if trimmed.chars().any(|c| c.is_ascii_alphanumeric()) {
+            trimmed.to_owned()
+        } else {
+            FALLBACK_NAME.to_owned()
+        };
+        Self(shorten(name, original))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Cuts `name` to [`MAX_SAFE_NAME_BYTES`] on a character boundary, keeping a short
+/// extension from the original.
+fn shorten(name: String, original: &str) -> String {
+    if name.len() <= MAX_SAFE_NAME_BYTES {
+        return name;
+    }
+    let extension = name.rsplit_once('.').map(|(_, ext)| ext).filter(|ext| {
+        !ext.is_empty() && ext.len() <= MAX_EXTENSION_BYTES && original.contains(ext)
+    });
+    let suffix = extension.map(|ext| format!(".{ext}")).unwrap_or_default();
+    let mut stem_end = MAX_SAFE_NAME_BYTES - suffix.len();
+    while !name.is_char_boundary(stem_end) {
+        stem_end -= 1;
+    }
+    format!("{}{suffix}", &name[..stem_end])
+}
+
+/// A key inside one user's namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectKey(String);
+
+impl ObjectKey {
+    /// A fresh key for a new file of `user`.
+    pub fn generate(user: Uuid, name: &SafeName, unix_seconds: u64) -> Result<Self, StorageError> {
+        let random = strongbox_common::secrets::random_bytes::<8>()
+            .map_err(|err| StorageError::Internal(format!("no randomness for a key: {err}")))?;
+        Ok(Self(format!(
+            "{user}/{unix_seconds}-{}-{}",
+            hex::encode(random),
+            name.as_str()
+        )))
+    }
+
+    /// Accepts `raw` only if it is a well-formed key in `user`'s namespace. Anything
+    /// else is "not found", so probing another user's keys reveals nothing.
+    pub fn parse_for(user: Uuid, raw: &str) -> Result<Self, StorageError> {
+        let Some((owner, rest)) = raw.split_once('/') else {
+            return Err(StorageError::NotFound("no file with this key"));
+        };
+        let owned = Uuid::parse_str(owner).is_ok_and(|owner| owner == user);
+        let well_formed = !rest.is_empty()
+            && rest.len() <= MAX_SAFE_NAME_BYTES + 64
+            && !rest.starts_with('.')
+            && rest
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || SAFE_PUNCTUATION.contains(c));
+        if owned && well_formed {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(StorageError::NotFound("no file with this key"))
+        }
+    }
+
+    /// A key as stored in the index (already validated when it was generated).
+    pub fn from_stored(raw: String) -> Self {
+        Self(raw)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn path(&self) -> Path {
+        Path::from(self.0.as_str())
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A SHA-256 digest as 64 lower-case hex digits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sha256Hex(String);
+
+impl Sha256Hex {
+    pub fn parse(raw: &str) -> Result<Self, StorageError> {
+        let lower = raw.trim().to_ascii_lowercase();
+        if lower.len() != 64 || !lower.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StorageError::InvalidArgument(
+                "sha256 must be 64 hex digits (the SHA-256 of the whole file)".into(),
+            ));
+        }
+        Ok(Self(lower))
+    }
+
+    pub fn from_digest(digest: &[u8]) -> Self {
+        Self(hex::encode(digest))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn safe(original: &str) -> String {
+        SafeName::from_original(original).0
+    }
+
+    #[test]
+    fn ordinary_names_are_kept() {
+        assert_eq!(safe("report-2024 (final).pdf"), "report-2024_(final).pdf");
+        assert_eq!(safe("Übersicht_März.xlsx"), "Ubersicht_Marz.xlsx");
+        assert_eq!(safe("日本語.txt"), "txt");
+        assert_eq!(safe("ｆｕｌｌ　ｗｉｄｔｈ.txt"), "full_width.txt");
+    }
+
+    #[test]
+    fn hostile_names_cannot_escape_or_hide() {
+        for hostile in [
+            "../../etc/passwd",
+            "/etc/passwd",
+            "..\\..\\boot.ini",
+            "a/../../b",
+            "C:\\x\\y",
+        ] {
+            let name = safe(hostile);
+            assert!(
+                !name.contains('/') && !name.contains('\\') && !name.starts_with('.'),
+                "{hostile} -> {name}"
+            );
+        }
+        assert_eq!(safe("../../etc/passwd"), "etc_passwd");
+        assert_eq!(safe("evil\u{0}name\n.txt"), "evilname.txt");
+        assert_eq!(safe("invoice\u{202e}fdp.exe"), "invoice_fdp.exe");
+    }
+
+    #[test]
+    fn empty_or_meaningless_names_get_a_generated_one() {
+        for empty in ["", ".", "..", "...", "   ", "\u{0}", "///", "._."] {
+            assert_eq!(safe(empty), FALLBACK_NAME, "{empty:?}");
+        }
+    }
+
+    #[test]
+    fn long_names_are_cut_on_a_char_boundary_keeping_the_extension() {
+        let name = safe(&format!("{}.tar.gz", "é".repeat(100)));
+        assert_eq!(name.len(), MAX_SAFE_NAME_BYTES);
+        assert!(name.ends_with(".gz") && name.starts_with("eee"));
+        let ascii = safe(&"a".repeat(1024));
+        assert_eq!(ascii.len(), MAX_SAFE_NAME_BYTES);
+    }
+
+    #[test]
+    fn keys_are_namespaced_and_parsed_only_for_their_owner() {
+        let alice = Uuid::new_v4();
+        let bob = Uuid::new_v4();
+        let key =
+            ObjectKey::generate(alice, &SafeName::from_original("a.txt"), 1_700_000_000).unwrap();
+        assert!(key.as_str().starts_with(&format!("{alice}/1700000000-")));
+        assert!(key.as_str().ends_with("-a.txt"));
+        assert_eq!(ObjectKey::parse_for(alice, key.as_str()).unwrap(), key);
+        assert!(ObjectKey::parse_for(bob, key.as_str()).is_err());
+        for bad in [
+            "",
+            "nope",
+            &format!("{alice}/"),
+            &format!("{alice}/../{bob}/x"),
+            &format!("{alice}/a/b"),
+        ] {
+            assert!(ObjectKey::parse_for(alice, bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn two_keys_for_the_same_name_in_the_same_second_differ() {
+        let user = Uuid::new_v4();
+        let name = SafeName::from_original("same.txt");
+        let a = ObjectKey::generate(user, &name, 1).unwrap();
+        let b = ObjectKey::generate(user, &name, 1).unwrap();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn sha256_must_be_64_hex_digits() {
+        assert!(Sha256Hex::parse(&"A".repeat(64)).is_ok());
+        assert!(Sha256Hex::parse("abc").is_err());
+        assert!(Sha256Hex::parse(&"g".repeat(64)).is_err());
+    }
+}

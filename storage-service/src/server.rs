@@ -1,0 +1,123 @@
+//! Builds storage-service from its configuration and serves it until shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use strongbox_common::jwt::Verifier;
+use strongbox_common::{secrets, server};
+use strongbox_proto::storage::v1::storage_service_server::StorageServiceServer;
+use tokio::net::TcpListener;
+use tonic::transport::Endpoint;
+
+use crate::backend::Backend;
+use crate::config::Config;
+use crate::error::StorageError;
+use crate::files::Storage;
+use crate::index::Index;
+use crate::policy::UploadPolicy;
+use crate::service::StorageApi;
+
+/// Room for a message's framing around its largest chunk.
+const MESSAGE_OVERHEAD: usize = 64 * 1024;
+
+/// Runs storage-service on `listener` until `shutdown` resolves. In-flight calls finish
+/// first; an upload cut off by shutdown is aborted, never half-stored.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), StorageError> {
+    let storage = Arc::new(build(&config).await?);
+    let sweeper = tokio::spawn(sweep_expired_sessions(
+        storage.clone(),
+        sweep_interval(config.upload_session_ttl()),
+    ));
+    let api = StorageApi {
+        storage: storage.clone(),
+        verifier: verifier(&config)?,
+    };
+    let max_message = config.max_chunk_bytes as usize + MESSAGE_OVERHEAD;
+    let service = StorageServiceServer::new(api)
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+
+    let (routes, health) = server::base_routes();
+    let routes = routes.add_service(service);
+    health
+        .set_serving::<StorageServiceServer<StorageApi>>()
+        .await;
+    let addr = listener
+        .local_addr()
+        .map_err(|err| StorageError::Internal(err.to_string()))?;
+    tracing::info!(%addr, backend = %storage.backend.description, "storage-service listening");
+    let served = server::serve(listener, routes, shutdown).await;
+
+    health
+        .set_not_serving::<StorageServiceServer<StorageApi>>()
+        .await;
+    sweeper.abort();
+    storage.index.close().await;
+    served.map_err(|err| StorageError::Internal(format!("gRPC server failed: {err}")))
+}
+
+async fn build(config: &Config) -> Result<Storage, StorageError> {
+    std::fs::create_dir_all(&config.data.data_dir).map_err(|err| {
+        StorageError::Internal(format!(
+            "cannot create DATA_DIR {}: {err}",
+            config.data.data_dir.display()
+        ))
+    })?;
+    let link_secret = match &config.download_url_secret {
+        Some(secret) => secret.clone(),
+        None => secrets::read_or_create(&config.download_secret_path(), || {
+            Ok(hex::encode(secrets::random_bytes::<32>()?))
+        })
+        .map_err(|err| StorageError::Internal(format!("download link key: {err}")))?,
+    };
+    let backend = Backend::connect(config, link_secret.as_bytes()).await?;
+    let index = Index::open(&config.database_url()).await?;
+    Ok(Storage {
+        backend,
+        index,
+        policy: UploadPolicy::new(config.max_upload_bytes, &config.allowed_content_types),
+        part_size: usize::try_from(config.upload_part_size)
+            .map_err(|_| StorageError::Internal("UPLOAD_PART_SIZE is too large".into()))?,
+        parts_in_flight: config.upload_parts_in_flight as usize,
+        max_chunk_bytes: config.max_chunk_bytes,
+        session_ttl: config.upload_session_ttl(),
+    })
+}
+
+/// Verifies with the shared secret if one is set, else with auth-service's published keys.
+fn verifier(config: &Config) -> Result<Verifier, StorageError> {
+    if let Some(secret) = &config.jwt_secret {
+        return Ok(Verifier::shared_secret(secret.as_bytes()));
+    }
+    let channel = Endpoint::from_shared(config.auth_service_url.clone())
+        .map_err(|err| StorageError::Internal(format!("AUTH_SERVICE_URL is invalid: {err}")))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .connect_lazy();
+    Ok(Verifier::from_auth_service(channel))
+}
+
+/// Often enough that an expired session does not linger much past its TTL, rarely
+/// enough to cost nothing.
+fn sweep_interval(ttl: Duration) -> Duration {
+    (ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(600))
+}
+
+async fn sweep_expired_sessions(storage: Arc<Storage>, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    loop {
+        ticks.tick().await;
+        match storage.purge_expired_sessions().await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "removed expired upload sessions"),
+            Err(err) => {
+                tracing::warn!(%err, "sweeping expired upload sessions failed; retrying next interval")
+            }
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! The `storage.v1.StorageService` implementation: authenticate, parse, delegate to
+//! [`Storage`], map errors once (`error.rs`).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use strongbox_common::jwt::Verifier;
+use strongbox_proto::storage::v1::storage_service_server::StorageService;
+use strongbox_proto::storage::v1::{
+    AbortUploadRequest, AbortUploadResponse, CompleteUploadRequest, CompleteUploadResponse,
+    CreateUploadRequest, CreateUploadResponse, DeleteFileRequest, DeleteFileResponse,
+    DownloadRequest, DownloadResponse, FileInfo, GetDownloadUrlRequest, GetDownloadUrlResponse,
+    GetUploadStatusRequest, GetUploadStatusResponse, ListFilesRequest, ListFilesResponse,
+    StatFileRequest, StatFileResponse, UploadChunkRequest, UploadChunkResponse, UploadRequest,
+    UploadResponse, upload_request,
+};
+use tonic::{Request, Response, Status, Streaming};
+use uuid::Uuid;
+
+use crate::error::StorageError;
+use crate::files::{DownloadStream, NewFile, Storage, now_ms, timestamp_ms};
+use crate::index::FileRow;
+use crate::sink::UploadSink;
+
+pub struct StorageApi {
+    pub(crate) storage: Arc<Storage>,
+    pub(crate) verifier: Verifier,
+}
+
+impl StorageApi {
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Uuid, Status> {
+        Ok(self
+            .verifier
+            .authenticate(request.metadata())
+            .await?
+            .user_id)
+    }
+}
+
+/// Runs `work` as its own task and waits for it. A client that hangs up makes tonic drop
+/// the call's future; work that must not stop half-way (completing or aborting a
+/// multipart upload) then still runs to the end.
+async fn detached<T: Send + 'static>(
+    work: impl Future<Output = Result<T, StorageError>> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::spawn(work)
+        .await
+        .map_err(|err| StorageError::Internal(format!("upload task failed: {err}")))?
+}
+
+/// Stores one Upload stream: metadata first, then chunks into the sink, then commit.
+/// Any failure aborts the multipart upload before the error is returned.
+async fn store_stream(
+    storage: Arc<Storage>,
+    user: Uuid,
+    mut stream: Streaming<UploadRequest>,
+) -> Result<FileRow, StorageError> {
+    let file = first_metadata(&storage, user, &mut stream).await?;
+    let mut sink = storage.open_sink(&file).await?;
+    if let Err(err) = receive(&mut stream, &mut sink).await {
+        tracing::info!(%err, received = sink.received(), "upload failed; aborting");
+        sink.abort().await;
+        return Err(err);
+    }
+    storage.commit(file, sink).await
+}
+
+/// Reads the metadata message that must open an Upload stream.
+async fn first_metadata(
+    storage: &Storage,
+    user: Uuid,
+    stream: &mut Streaming<UploadRequest>,
+) -> Result<NewFile, StorageError> {
+    match stream.message().await.map_err(StorageError::ClientStream)? {
+        Some(UploadRequest { payload: Some(upload_request::Payload::Metadata(metadata)) }) => storage.plan(user, metadata),
+        Some(_) => Err(StorageError::InvalidArgument(
+            "the first message of an upload must carry metadata (filename, content_type), then chunks".into(),
+        )),
+        None => Err(StorageError::InvalidArgument("the upload stream was empty; send metadata, then chunks".into())),
+    }
+}
+
+/// Moves every chunk of the stream into the sink.
+async fn receive(
+    stream: &mut Streaming<UploadRequest>,
+    sink: &mut UploadSink,
+) -> Result<(), StorageError> {
+    while let Some(message) = stream.message().await.map_err(StorageError::ClientStream)? {
+        match message.payload {
+            Some(upload_request::Payload::Chunk(chunk)) => sink.write(chunk).await?,
+            Some(upload_request::Payload::Metadata(_)) => {
+                return Err(StorageError::InvalidArgument(
+                    "metadata was sent twice; send it only in the first message".into(),
+                ));
+            }
+            None => {
+                return Err(StorageError::InvalidArgument(
+                    "an upload message must carry metadata or a chunk".into(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl StorageService for StorageApi {
+    async fn upload(
+        &self,
+        request: Request<Streaming<UploadRequest>>,
+    ) -> Result<Response<UploadResponse>, Status> {
+        let user = self.caller(&request).await?;
+        let row = detached(store_stream(
+            self.storage.clone(),
+            user,
+            request.into_inner(),
+        ))
+        .await?;
+        Ok(Response::new(upload_response(
+            self.storage.describe(&row).await?,
+        )))
+    }
+
+    async fn create_upload(
+        &self,
+        request: Request<CreateUploadRequest>,
+    ) -> Result<Response<CreateUploadResponse>, Status> {
+        let user = self.caller(&request).await?;
+        let metadata = request.into_inner().metadata.ok_or_else(|| {
+            Status::invalid_argument(
+                "metadata is required: filename, content_type and, if known, size and sha256",
+            )
+        })?;
+        Ok(Response::new(
+            self.storage.create_session(user, metadata).await?,
+        ))
+    }
+
+    async fn upload_chunk(
+        &self,
+        request: Request<UploadChunkRequest>,
+    ) -> Result<Response<UploadChunkResponse>, Status> {
+        let user = self.caller(&request).await?;
+        let chunk = request.into_inner();
+        let offset = self
+            .storage
+            .append(user, &chunk.upload_id, chunk.offset, chunk.data)
+            .await?;
+        Ok(Response::new(UploadChunkResponse { offset }))
+    }
+
+    async fn get_upload_status(
+        &self,
+        request: Request<GetUploadStatusRequest>,
+    ) -> Result<Response<GetUploadStatusResponse>, Status> {
+        let user = self.caller(&request).await?;
+        let id = request.into_inner().upload_id;
+        Ok(Response::new(self.storage.session_status(user, &id).await?))
+    }
+
+    async fn complete_upload(
+        &self,
+        request: Request<CompleteUploadRequest>,
+    ) -> Result<Response<CompleteUploadResponse>, Status> {
+        let user = self.caller(&request).await?;
+        let storage = self.storage.clone();
+        let id = request.into_inner().upload_id;
+        let row = detached(async move { storage.complete(user, &id).await }).await?;
+        let file = self.storage.describe(&row).await?;
+        Ok(Response::new(CompleteUploadResponse { file: Some(file) }))
+    }
+
+    async fn abort_upload(
+        &self,
+        request: Request<AbortUploadRequest>,
+    ) -> Result<Response<AbortUploadResponse>, Status> {
+        let user = self.caller(&request).await?;
+        self.storage
+            .abort_session(user, &request.into_inner().upload_id)
+            .await?;
+        Ok(Response::new(AbortUploadResponse {}))
+    }
+
+    async fn list_files(
+        &self,
+        request: Request<ListFilesRequest>,
+    ) -> Result<Response<ListFilesResponse>, Status> {
+        let user = self.caller(&request).await?;
+        let page = request.into_inner();
+        let (files, next_page_token) = self
+            .storage
+            .list(user, page.page_size, &page.page_token)
+            .await?;
+        Ok(Response::new(ListFilesResponse {
+            files,
+            next_page_token,
+        }))
+    }
+
+    async fn stat_file(
+        &self,
+        request: Request<StatFileRequest>,
+    ) -> Result<Response<StatFileResponse>, Status> {
+        let user = self.caller(&request).await?;
+        let row = self.storage.file(user, &request.into_inner().key).await?;
+        let file = self.storage.describe(&row).await?;
+        Ok(Response::new(StatFileResponse { file: Some(file) }))
+    }
+
+    async fn get_download_url(
+        &self,
+        request: Request<GetDownloadUrlRequest>,
+    ) -> Result<Response<GetDownloadUrlResponse>, Status> {
+        let user = self.caller(&request).await?;
+        let wanted = request.into_inner();
+        let ttl = Storage::url_ttl(wanted.expires_in)?;
+        let row = self.storage.file(user, &wanted.key).await?;
+        let (url, expires_at) = self.storage.download_url(&row, ttl).await?;
+        Ok(Response::new(GetDownloadUrlResponse {
+            url,
+            expires_at: Some(timestamp_ms(expires_at * 1000)),
+        }))
+    }
+
+    type DownloadStream = futures::stream::BoxStream<'static, Result<DownloadResponse, Status>>;
+
+    async fn download(
+        &self,
+        request: Request<DownloadRequest>,
+    ) -> Result<Response<Self::DownloadStream>, Status> {
+        let row = if request.get_ref().signature.is_empty() {
+            let user = self.caller(&request).await?;
+            self.storage.file(user, &request.get_ref().key).await?
+        } else {
+            // A signed link is its own credential (like a presigned S3 URL).
+            let link = request.get_ref();
+            let now = (now_ms() / 1000) as u64;
+            self.storage
+                .backend
+                .verify_link(&link.key, link.expires, &link.signature, now)?;
+            self.storage.index.file_by_key(&link.key).await?
+        };
+        let stream: DownloadStream = self.storage.download(row).await?;
+        let messages = stream.map(|payload| {
+            payload
+                .map(|payload| DownloadResponse {
+                    payload: Some(payload),
+                })
+                .map_err(Status::from)
+        });
+        Ok(Response::new(messages.boxed()))
+    }
+
+    async fn delete_file(
+        &self,
+        request: Request<DeleteFileRequest>,
+    ) -> Result<Response<DeleteFileResponse>, Status> {
+        let user = self.caller(&request).await?;
+        self.storage.delete(user, &request.into_inner().key).await?;
+        Ok(Response::new(DeleteFileResponse {}))
+    }
+}
+
+fn upload_response(file: FileInfo) -> UploadResponse {
+    UploadResponse {
+        filename: file.filename,
+        key: file.key,
+        url: file.url,
+        status: file.status,
+        size: file.size,
+        sha256: file.sha256,
+        content_type: file.content_type,
+        created_at: file.created_at,
+        url_expires_at: file.url_expires_at,
+    }
+}

@@ -1,0 +1,139 @@
+//! The streaming core: bytes go into an object-store multipart upload part by part,
+//! hashed and counted on the way, so memory holds at most `parts_in_flight + 1` parts
+//! whatever the file size.
+//!
+//! A multipart upload that is neither finished nor aborted leaks parts on the server, so
+//! every path out of an [`UploadSink`] ends in `finish` or `abort`: errors abort
+//! explicitly (and are awaited, so nothing is left when the client hears of them), and
+//! a sink dropped mid-way — the client hung up and the call was cancelled — aborts in
+//! the background.
+
+use bytes::Bytes;
+use object_store::WriteMultipart;
+use sha2::{Digest, Sha256};
+
+use crate::error::StorageError;
+use crate::names::Sha256Hex;
+
+/// What a finished upload turned out to be.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub size: u64,
+    pub sha256: Sha256Hex,
+}
+
+/// The checks a sink holds its bytes to.
+#[derive(Debug, Clone)]
+pub struct Expectations {
+    pub max_bytes: u64,
+    pub size: Option<u64>,
+    pub sha256: Option<Sha256Hex>,
+}
+
+pub struct UploadSink {
+    writer: Option<WriteMultipart>,
+    parts_in_flight: usize,
+    hasher: Sha256,
+    received: u64,
+    expect: Expectations,
+}
+
+impl UploadSink {
+    pub fn new(writer: WriteMultipart, parts_in_flight: usize, expect: Expectations) -> Self {
+        Self {
+            writer: Some(writer),
+            parts_in_flight,
+            hasher: Sha256::new(),
+            received: 0,
+            expect,
+        }
+    }
+
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Appends `chunk`, waiting while `parts_in_flight` parts are still uploading
+    /// (backpressure all the way to the client). Fails as soon as a limit is passed.
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
+        let received = self.received + chunk.len() as u64;
+        if received > self.expect.max_bytes {
+            return Err(StorageError::TooLarge {
+                limit: self.expect.max_bytes,
+            });
+        }
+        if let Some(declared) = self.expect.size.filter(|&declared| received > declared) {
+            return Err(StorageError::SizeMismatch { declared, received });
+        }
+        let writer = self.writer.as_mut().ok_or_else(finished)?;
+        writer.wait_for_capacity(self.parts_in_flight).await?;
+        // Hashing a chunk (≤ a few MiB) takes a few milliseconds: cheap enough to stay
+        // on the async worker, like TLS encryption would.
+        self.hasher.update(&chunk);
+        writer.put(chunk);
+        self.received = received;
+        Ok(())
+    }
+
+    /// Checks the declared size and checksum and completes the object, or aborts it.
+    pub async fn finish(mut self) -> Result<Written, StorageError> {
+        let sha256 = Sha256Hex::from_digest(&std::mem::take(&mut self.hasher).finalize());
+        let received = self.received;
+        if let Some(declared) = self.expect.size.filter(|&declared| declared != received) {
+            self.abort().await;
+            return Err(StorageError::SizeMismatch { declared, received });
+        }
+        if let Some(declared) = self
+            .expect
+            .sha256
+            .clone()
+            .filter(|declared| *declared != sha256)
+        {
+            self.abort().await;
+            return Err(StorageError::ChecksumMismatch {
+                declared: declared.as_str().to_owned(),
+                actual: sha256.as_str().to_owned(),
+            });
+        }
+        let writer = self.writer.take().ok_or_else(finished)?;
+        // On failure `finish` aborts the upload itself.
+        writer.finish().await?;
+        Ok(Written {
+            size: self.received,
+            sha256,
+        })
+    }
+
+    /// Discards everything written so far.
+    pub async fn abort(mut self) {
+        if let Some(writer) = self.writer.take()
+            && let Err(err) = writer.abort().await
+        {
+            tracing::warn!(%err, "aborting a multipart upload failed; its parts may linger");
+        }
+    }
+}
+
+impl Drop for UploadSink {
+    fn drop(&mut self) {
+        let Some(writer) = self.writer.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if let Err(err) = writer.abort().await {
+                        tracing::warn!(%err, "aborting a cancelled upload failed; its parts may linger");
+                    }
+                });
+            }
+            Err(_) => {
+                tracing::warn!("an upload was dropped outside the runtime; its parts may linger")
+            }
+        }
+    }
+}
+
+fn finished() -> StorageError {
+    StorageError::Internal("the upload was already finished".into())
+}

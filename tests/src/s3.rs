@@ -1,0 +1,82 @@
+//! A real S3 protocol server for the suites: `s3s-fs` on a loopback port, with SigV4
+//! authentication (including presigned URLs and the host they were signed for).
+
+use std::path::{Path, PathBuf};
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
+use s3s::auth::SimpleAuth;
+use s3s::service::S3ServiceBuilder;
+
+use crate::{RunningService, Scratch};
+
+pub const ACCESS_KEY: &str = "strongbox-test-access";
+pub const SECRET_KEY: &str = "strongbox-test-secret-key";
+
+pub struct TestS3 {
+    pub service: RunningService,
+    root: PathBuf,
+}
+
+impl TestS3 {
+    /// Starts an S3 server storing its buckets under `dir/s3`.
+    pub fn start(dir: &Scratch) -> Self {
+        Self::start_at(dir.join("s3"), None)
+    }
+
+    /// Starts (or restarts) an S3 server over `root`, on `port` if given.
+    pub fn start_at(root: PathBuf, port: Option<u16>) -> Self {
+        std::fs::create_dir_all(&root).expect("an S3 root");
+        let fs_root = root.clone();
+        let service = RunningService::start_on(
+            port.unwrap_or(0),
+            2,
+            move |listener, mut stopped| async move {
+                let fs = s3s_fs::FileSystem::new(&fs_root).map_err(|err| format!("{err:?}"))?;
+                let mut builder = S3ServiceBuilder::new(fs);
+                builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+                let s3 = builder.build();
+                let http = ConnectionBuilder::new(TokioExecutor::new());
+                loop {
+                    // Stopping returns at once and the runtime drops every connection:
+                    // to clients this is the server dying, not a graceful drain.
+                    let socket = tokio::select! {
+                        accepted = listener.accept() => match accepted {
+                            Ok((socket, _)) => socket,
+                            Err(_) => continue,
+                        },
+                        _ = &mut stopped => return Ok::<(), String>(()),
+                    };
+                    let connection = http
+                        .serve_connection(TokioIo::new(socket), s3.clone())
+                        .into_owned();
+                    tokio::spawn(connection);
+                }
+            },
+        );
+        Self { service, root }
+    }
+
+    pub fn endpoint(&self) -> String {
+        self.service.url()
+    }
+
+    /// The objects of `bucket` and every multipart upload in progress (s3s-fs keeps
+    /// parts as `.upload_id-*` files and upload state as `.upload-*` files at its root).
+    /// Its per-object `.bucket-*` bookkeeping files are not objects and are left out.
+    pub fn files(&self, bucket: &str) -> Vec<PathBuf> {
+        let mut files = crate::files_below(&self.root.join(bucket));
+        files.extend(crate::files_below(&self.root).into_iter().filter(|path| {
+            path.parent() == Some(self.root.as_path())
+                && path
+                    .file_name()
+                    .and_then(|name| name.to_str())
+                    .is_some_and(|name| name.contains(".upload"))
+        }));
+        files
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}

@@ -1,0 +1,254 @@
+//! The storage stack for the suites: auth-service, optionally an S3 server, and
+//! storage-service wired together over loopback, and a client acting as one user.
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use strongbox_proto::auth::v1::MeRequest;
+use strongbox_proto::storage::v1::storage_service_client::StorageServiceClient;
+use strongbox_proto::storage::v1::{
+    DownloadRequest, FileInfo, FileMetadata, ListFilesRequest, UploadRequest, UploadResponse,
+    download_response, upload_request,
+};
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+use uuid::Uuid;
+
+use crate::auth::{TestAuth, with_bearer};
+use crate::s3::{ACCESS_KEY, SECRET_KEY, TestS3};
+use crate::{RunningService, Scratch, until_stopped};
+
+pub const BUCKET: &str = "strongbox-test";
+
+/// Where storage-service keeps objects in a test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Local,
+    S3,
+}
+
+pub struct Stack {
+    pub auth: TestAuth,
+    pub s3: Option<TestS3>,
+    pub storage: RunningService,
+    pub config: storage_service::Config,
+    pub dir: Scratch,
+}
+
+impl Stack {
+    pub async fn start(
+        backend: Backend,
+        adjust: impl FnOnce(&mut storage_service::Config),
+    ) -> Self {
+        strongbox_common::telemetry::init();
+        let dir = Scratch::new();
+        let auth = TestAuth::start_in(&dir, |_| {});
+        let s3 = (backend == Backend::S3).then(|| TestS3::start(&dir));
+        let mut config = storage_service::Config::with_data_dir(dir.join("storage"));
+        config.auth_service_url = auth.service.url();
+        // Small parts keep multi-part paths exercised by small test files. S3's 5 MiB
+        // minimum is the floor there.
+        config.upload_part_size = 5 * 1024 * 1024;
+        if let Some(s3) = &s3 {
+            config.storage_endpoint = Some(s3.endpoint());
+            config.storage_access_key = ACCESS_KEY.into();
+            config.storage_secret_key = SECRET_KEY.into();
+            config.storage_bucket = BUCKET.into();
+        }
+        adjust(&mut config);
+        let storage = start_storage(config.clone(), 0).await;
+        Self {
+            auth,
+            s3,
+            storage,
+            config,
+            dir,
+        }
+    }
+
+    /// Stops storage-service and starts it again on the same port with the same state.
+    pub async fn restart_storage(&mut self) {
+        let port = self.storage.addr.port();
+        self.storage
+            .stop()
+            .await
+            .expect("storage-service stops cleanly");
+        self.storage = start_storage(self.config.clone(), port).await;
+    }
+
+    /// Registers a fresh user and returns a client acting as them.
+    pub async fn user(&self, name: &str) -> User {
+        let email = format!("{name}-{}@example.com", Uuid::new_v4().simple());
+        let tokens = self.auth.register_and_login(&email).await;
+        let me = self
+            .auth
+            .client()
+            .me(with_bearer(MeRequest {}, &tokens.access_token))
+            .await
+            .expect("me")
+            .into_inner()
+            .user
+            .expect("a user");
+        User {
+            storage: StorageServiceClient::new(self.storage.channel())
+                .max_decoding_message_size(16 * 1024 * 1024),
+            token: tokens.access_token,
+            id: Uuid::parse_str(&me.id).expect("a UUID"),
+        }
+    }
+
+    /// Every file in the object store: committed objects, staged chunks, and whatever
+    /// a multipart upload in progress leaves on disk.
+    pub fn stored_files(&self) -> Vec<PathBuf> {
+        match &self.s3 {
+            Some(s3) => s3.files(&self.config.storage_bucket),
+            None => crate::files_below(&self.config.storage_dir()),
+        }
+    }
+
+    /// Waits (bounded) until the object store holds exactly `expected` files, returning
+    /// what it holds at the end. Aborts run in the background after a cancellation.
+    pub async fn settle_stored_files(&self, expected: usize) -> Vec<PathBuf> {
+        for _ in 0..100 {
+            let files = self.stored_files();
+            if files.len() == expected {
+                return files;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        self.stored_files()
+    }
+}
+
+async fn start_storage(config: storage_service::Config, port: u16) -> RunningService {
+    let mut service = RunningService::start_on(port, 2, move |listener, stopped| {
+        storage_service::run(config, listener, until_stopped(stopped))
+    });
+    service.wait_until_serving().await;
+    service
+}
+
+/// A client of storage-service acting as one user.
+pub struct User {
+    pub storage: StorageServiceClient<Channel>,
+    pub token: String,
+    pub id: Uuid,
+}
+
+impl User {
+    pub fn client(&self) -> StorageServiceClient<Channel> {
+        self.storage.clone()
+    }
+
+    /// `message` with this user's bearer token.
+    pub fn req<T>(&self, message: T) -> Request<T> {
+        with_bearer(message, &self.token)
+    }
+
+    /// Streams `chunks` after `metadata`.
+    pub async fn upload(
+        &self,
+        metadata: FileMetadata,
+        chunks: Vec<Bytes>,
+    ) -> Result<UploadResponse, Status> {
+        let messages = std::iter::once(upload_request::Payload::Metadata(metadata))
+            .chain(chunks.into_iter().map(upload_request::Payload::Chunk))
+            .map(|payload| UploadRequest {
+                payload: Some(payload),
+            });
+        let request = self.req(futures::stream::iter(messages));
+        Ok(self.client().upload(request).await?.into_inner())
+    }
+
+    /// Uploads `content` in 256 KiB chunks under `filename`, declaring nothing else.
+    pub async fn upload_bytes(
+        &self,
+        filename: &str,
+        content: &[u8],
+    ) -> Result<UploadResponse, Status> {
+        let chunks = content
+            .chunks(256 * 1024)
+            .map(Bytes::copy_from_slice)
+            .collect();
+        self.upload(metadata(filename, "application/octet-stream"), chunks)
+            .await
+    }
+
+    /// Downloads a file through the Download stream: its info and its bytes.
+    pub async fn download(&self, key: &str) -> Result<(FileInfo, Vec<u8>), Status> {
+        download_with(
+            &self.client(),
+            self.req(DownloadRequest {
+                key: key.into(),
+                ..Default::default()
+            }),
+        )
+        .await
+    }
+
+    pub async fn list_all(&self) -> Vec<FileInfo> {
+        self.client()
+            .list_files(self.req(ListFilesRequest {
+                page_size: 1000,
+                page_token: String::new(),
+            }))
+            .await
+            .expect("list")
+            .into_inner()
+            .files
+    }
+}
+
+/// Reads a Download stream to the end.
+pub async fn download_with(
+    client: &StorageServiceClient<Channel>,
+    request: Request<DownloadRequest>,
+) -> Result<(FileInfo, Vec<u8>), Status> {
+    let mut stream = client.clone().download(request).await?.into_inner();
+    let mut info = None;
+    let mut content = Vec::new();
+    while let Some(message) = stream.next().await {
+        match message?.payload {
+            Some(download_response::Payload::Info(first)) => info = Some(first),
+            Some(download_response::Payload::Chunk(chunk)) => content.extend_from_slice(&chunk),
+            None => {}
+        }
+    }
+    Ok((
+        info.expect("the stream starts with the file's info"),
+        content,
+    ))
+}
+
+pub fn metadata(filename: &str, content_type: &str) -> FileMetadata {
+    FileMetadata {
+        filename: filename.into(),
+        content_type: content_type.into(),
+        size: None,
+        sha256: None,
+    }
+}
+
+pub fn sha256_hex(content: &[u8]) -> String {
+    hex_lower(&Sha256::digest(content))
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so test files do not compress away.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}

@@ -1,0 +1,878 @@
+//! storage-service, black-box: real auth-service and storage-service on loopback ports,
+//! against a local directory and against a real S3 server (s3s-fs, verifying SigV4).
+//! Every scenario runs on both backends.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use strongbox_proto::storage::v1::{
+    AbortUploadRequest, CompleteUploadRequest, CreateUploadRequest, DeleteFileRequest,
+    DownloadRequest, FileMetadata, GetDownloadUrlRequest, GetUploadStatusRequest, ListFilesRequest,
+    StatFileRequest, UploadChunkRequest, UploadRequest, upload_request,
+};
+use strongbox_tests::storage::{
+    Backend, Stack, User, download_with, metadata, pseudo_random, sha256_hex,
+};
+use tonic::{Code, Request};
+
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        mod local {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() { super::$scenario(super::Backend::Local).await })*
+        }
+        mod s3 {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() { super::$scenario(super::Backend::S3).await })*
+        }
+    };
+}
+
+on_both_backends!(
+    upload_list_stat_download_and_delete,
+    zero_byte_files_work,
+    a_wrong_declared_checksum_is_data_loss_and_stores_nothing,
+    a_wrong_declared_size_is_invalid_and_stores_nothing,
+    the_size_limit_is_enforced_while_streaming,
+    content_types_outside_the_allow_list_are_refused,
+    malformed_upload_streams_are_refused,
+    every_call_needs_a_valid_token,
+    other_users_files_do_not_exist,
+    hostile_filenames_stay_inside_the_namespace,
+    same_name_uploads_at_once_get_distinct_keys,
+    a_cancelled_upload_leaves_nothing_behind,
+    listing_is_newest_first_and_paginated,
+    resumable_upload_survives_a_restart,
+    unfinished_sessions_expire_and_are_cleaned_up,
+    download_urls_open_with_a_plain_http_get,
+);
+
+async fn upload_list_stat_download_and_delete(backend: Backend) {
+    let stack = Stack::start(backend, |_| {}).await;
+    let alice = stack.user("alice").await;
+    // Larger than one 5 MiB part, not a multiple of the chunk size.
+    let content = pseudo_random(6 * 1024 * 1024 + 123, 1);
+    let declared = FileMetadata {
+        filename: "Quarterly report.pdf".into(),
+        content_type: "application/pdf".into(),
+        size: Some(content.len() as u64),
+        sha256: Some(sha256_hex(&content)),
+    };
+    let chunks = content
+        .chunks(1024 * 1024)
+        .map(Bytes::copy_from_slice)
+        .collect();
+    let uploaded = alice.upload(declared, chunks).await.unwrap();
+    assert_eq!(uploaded.filename, "Quarterly report.pdf");
+    assert_eq!(uploaded.status, "uploaded");
+    assert_eq!(uploaded.size, content.len() as u64);
+    assert_eq!(uploaded.sha256, sha256_hex(&content));
+    assert_eq!(uploaded.content_type, "application/pdf");
+    assert!(
+        uploaded.key.starts_with(&format!("{}/", alice.id)),
+        "{}",
+        uploaded.key
+    );
+    assert!(
+        uploaded.key.ends_with("-Quarterly_report.pdf"),
+        "{}",
+        uploaded.key
+    );
+    assert!(!uploaded.url.is_empty());
+    assert!(uploaded.created_at.is_some() && uploaded.url_expires_at.is_some());
+
+    let listed = alice.list_all().await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].key, uploaded.key);
+    let stat = alice
+        .client()
+        .stat_file(alice.req(StatFileRequest {
+            key: uploaded.key.clone(),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(stat.into_inner().file.unwrap().sha256, uploaded.sha256);
+
+    let (info, downloaded) = alice.download(&uploaded.key).await.unwrap();
+    assert_eq!(info.filename, "Quarterly report.pdf");
+    assert_eq!(info.size, content.len() as u64);
+    assert!(downloaded == content, "downloaded bytes differ");
+
+    alice
+        .client()
+        .delete_file(alice.req(DeleteFileRequest {
+            key: uploaded.key.clone(),
+        }))
+        .await
+        .unwrap();
+    let gone = alice
+        .client()
+        .stat_file(alice.req(StatFileRequest {
+            key: uploaded.key.clone(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    assert!(alice.list_all().await.is_empty());
+    assert_eq!(
+        alice.download(&uploaded.key).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    let again = alice
+        .client()
+        .delete_file(alice.req(DeleteFileRequest { key: uploaded.key }))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::NotFound);
+    assert!(
+        stack.settle_stored_files(0).await.is_empty(),
+        "{:?}",
+        stack.stored_files()
+    );
+}
+
+async fn zero_byte_files_work(backend: Backend) {
+    let stack = Stack::start(backend, |_| {}).await;
+    let user = stack.user("zero").await;
+    let empty = FileMetadata {
+        size: Some(0),
+        sha256: Some(sha256_hex(b"")),
+        ..metadata("empty.txt", "text/plain")
+    };
+    let uploaded = user.upload(empty, Vec::new()).await.unwrap();
+    assert_eq!(uploaded.size, 0);
+    assert_eq!(uploaded.sha256, sha256_hex(b""));
+    let (info, content) = user.download(&uploaded.key).await.unwrap();
+    assert_eq!(info.size, 0);
+    assert!(content.is_empty());
+}
+
+async fn a_wrong_declared_checksum_is_data_loss_and_stores_nothing(backend: Backend) {
+    let stack = Stack::start(backend, |_| {}).await;
+    let user = stack.user("checksum").await;
+    let content = pseudo_random(6 * 1024 * 1024, 2);
+    let declared = FileMetadata {
+        sha256: Some(sha256_hex(b"something else")),
+        ..metadata("a.bin", "")
+    };
+    let chunks = content
+        .chunks(512 * 1024)
+        .map(Bytes::copy_from_slice)
+        .collect();
+    let status = user.upload(declared, chunks).await.unwrap_err();
+    assert_eq!(status.code(), Code::DataLoss);
+    assert!(status.message().contains("SHA-256"), "{}", status.message());
+    assert!(user.list_all().await.is_empty());
+    assert!(
+        stack.settle_stored_files(0).await.is_empty(),
+        "{:?}",
+        stack.stored_files()
+    );
+
+    let malformed = FileMetadata {
+        sha256: Some("abc".into()),
+        ..metadata("a.bin", "")
+    };
+    let status = user.upload(malformed, Vec::new()).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+}
+
+async fn a_wrong_declared_size_is_invalid_and_stores_nothing(backend: Backend) {
+    let stack = Stack::start(backend, |_| {}).await;
+    let user = stack.user("size").await;
+    let content = Bytes::from(pseudo_random(300_000, 3));
+    for declared_size in [299_999, 300_001] {
+        let declared = FileMetadata {
+            size: Some(declared_size),
+            ..metadata("a.bin", "")
+        };
+        let status = user
+            .upload(declared, vec![content.clone()])
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{declared_size}");
+        assert!(
+            status.message().contains("declared"),
+            "{}",
+            status.message()
+        );
+    }
+    assert!(user.list_all().await.is_empty());
+    assert!(
+        stack.settle_stored_files(0).await.is_empty(),
+        "{:?}",
+        stack.stored_files()
+    );
+}
+
+async fn the_size_limit_is_enforced_while_streaming(backend: Backend) {
+    let stack = Stack::start(backend, |config| config.max_upload_bytes = 1024 * 1024).await;
+    let user = stack.user("limit").await;
+    // Undeclared: refused as soon as the stream passes the limit.
+    let content = pseudo_random(3 * 1024 * 1024, 4);
+    let status = user.upload_bytes("big.bin", &content).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(status.message().contains("1048576"), "{}", status.message());
+    // Declared: refused before any byte.
+    let declared = FileMetadata {
+        size: Some(2 * 1024 * 1024),
+        ..metadata("big.bin", "")
+    };
+    let status = user.upload(declared, Vec::new()).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    // Exactly at the limit is fine.
+    user.upload_bytes("fits.bin", &content[..1024 * 1024])
+        .await
+        .unwrap();
+    assert_eq!(user.list_all().await.len(), 1);
+    assert_eq!(
+        stack.settle_stored_files(1).await.len(),
+        1,
+        "{:?}",
+        stack.stored_files()
+    );
+}
+
+async fn content_types_outside_the_allow_list_are_refused(backend: Backend) {
+    let stack = Stack::start(backend, |config| {
+        config.allowed_content_types = vec!["image/*".into(), "application/pdf".into()];
+    })
+    .await;
+    let user = stack.user("types").await;
+    let status = user
+        .upload(
+            metadata("notes.txt", "text/plain"),
+            vec![Bytes::from_static(b"hi")],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("image/*"), "{}", status.message());
+    let bogus = user
+        .upload(metadata("x", "not a type"), Vec::new())
+        .await
+        .unwrap_err();
+    assert_eq!(bogus.code(), Code::InvalidArgument);
+    user.upload(
+        metadata("cat.png", "image/png"),
+        vec![Bytes::from_static(b"png")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(user.list_all().await.len(), 1);
+}
+
+async fn malformed_upload_streams_are_refused(backend: Backend) {
+    let stack = Stack::start(backend, |_| {}).await;
+    let user = stack.user("malformed").await;
+    let chunk = |bytes: &'static [u8]| upload_request::Payload::Chunk(Bytes::from_static(bytes));
+    let meta = || upload_request::Payload::Metadata(metadata("a.txt", "text/plain"));
+    let cases: Vec<(&str, Vec<Option<upload_request::Payload>>, &str)> = vec![
+        (
+            "chunk first",
+            vec![Some(chunk(b"data")), Some(meta())],
+            "first message",
+        ),
+        (
+            "metadata twice",
+            vec![Some(meta()), Some(chunk(b"data")), Some(meta())],
+            "twice",
+        ),
+        ("empty stream", vec![], "empty"),
+        (
+            "empty message",
+            vec![Some(meta()), None],
+            "metadata or a chunk",
+        ),
+    ];
+    for (what, messages, expected) in cases {
+        let stream = futures::stream::iter(
+            messages
+                .into_iter()
+                .map(|payload| UploadRequest { payload }),
+        );
+        let status = user.client().upload(user.req(stream)).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}");
+        assert!(
+            status.message().contains(expected),
+            "{what}: {}",
+            status.message()
+        );
+    }
+    // A message over the size limit is refused by the transport with a clear code.
+    let huge = Bytes::from(vec![0u8; 5 * 1024 * 1024]);
+    let status = user
+        .upload(metadata("huge.bin", ""), vec![huge])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(user.list_all().await.is_empty());
+    assert!(
+        stack.settle_stored_files(0).await.is_empty(),
+        "{:?}",
+        stack.stored_files()
+    );
+}
+
+async fn every_call_needs_a_valid_token(backend: Backend) {
+    let stack = Stack::start(backend, |_| {}).await;
+    let user = stack.user("token").await;
+    let mut client = user.client();
+    let key = format!("{}/1-00-x.txt", user.id);
+    let expect_unauthenticated =
+        |status: tonic::Status| assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    expect_unauthenticated(
+        client
+            .list_files(ListFilesRequest::default())
+            .await
+            .unwrap_err(),
+    );
+    expect_unauthenticated(
+        client
+            .stat_file(StatFileRequest { key: key.clone() })
+            .await
+            .unwrap_err(),
+    );
+    expect_unauthenticated(
+        client
+            .delete_file(DeleteFileRequest { key: key.clone() })
+            .await
+            .unwrap_err(),
+    );
+    expect_unauthenticated(
+        client
+            .get_download_url(GetDownloadUrlRequest {
+                key: key.clone(),
+                expires_in: 0,
+            })
+            .await
+            .unwrap_err(),
+    );
+    expect_unauthenticated(
+        client
+            .create_upload(CreateUploadRequest {
+                metadata: Some(metadata("a", "")),
+            })
+            .await
+            .unwrap_err(),
+    );
+    let stream = futures::stream::iter([UploadRequest {
+        payload: Some(upload_request::Payload::Metadata(metadata("a", ""))),
+    }]);
+    expect_unauthenticated(client.upload(stream).await.unwrap_err());
+    let bad = strongbox_tests::auth::with_bearer(ListFilesRequest::default(), "not.a.token");
+    expect_unauthenticated(client.list_files(bad).await.unwrap_err());
+    // A bare user-id header is not a credential.
+    let mut spoofed = Request::new(ListFilesRequest::default());
+    spoofed
+        .metadata_mut()
+        .insert("x-user-id", user.id.to_string().parse().unwrap());
+    expect_unauthenticated(client.list_files(spoofed).await.unwrap_err());
+}
+
+async fn other_users_files_do_not_exist(backend: Backend) {
+    let stack = Stack::start(backend, |_| {}).await;
+    let alice = stack.user("alice").await;
+    let bob = stack.user("bob").await;
+    let secret = alice
+        .upload_bytes("diary.txt", b"dear diary")
+        .await
+        .unwrap();
+    let guessed = [
+        secret.key.clone(),
+        format!("{}/../{}", bob.id, secret.key),
+        secret
+            .key
+            .replace(&alice.id.to_string(), &bob.id.to_string()),
+        format!("{}/", alice.id),
+        "../../etc/passwd".to_owned(),
+    ];
+    let mut client = bob.client();
+    for key in &guessed {
+        let stat = client
+            .stat_file(bob.req(StatFileRequest { key: key.clone() }))
+            .await
+            .unwrap_err();
+        assert_eq!(stat.code(), Code::NotFound, "stat {key}");
+        assert_eq!(
+            bob.download(key).await.unwrap_err().code(),
+            Code::NotFound,
+            "download {key}"
+        );
+        let url = client
+            .get_download_url(bob.req(GetDownloadUrlRequest {
+                key: key.clone(),
+                expires_in: 0,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(url.code(), Code::NotFound, "url {key}");
+        let delete = client
+            .delete_file(bob.req(DeleteFileRequest { key: key.clone() }))
+            .await
+            .unwrap_err();
+        assert_eq!(delete.code(), Code::NotFound, "delete {key}");
+    }
+    assert!(bob.list_all().await.is_empty());
+    // Alice's file is untouched, and the message for "someone else's" equals "missing".
+    assert_eq!(alice.download(&secret.key).await.unwrap().1, b"dear diary");
+    let missing = client
+        .stat_file(bob.req(StatFileRequest {
+            key: format!("{}/1-00-nothing.txt", bob.id),
+        }))
+        .await
+        .unwrap_err();
+    let foreign = client
+        .stat_file(bob.req(StatFileRequest {
+            key: secret.key.clone(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.message(), foreign.message());
+}
+
+async fn hostile_filenames_stay_inside_the_namespace(backend: Backend) {
+    let stack = Stack::start(backend, |_| {}).await;
+    let user = stack.user("hostile").await;
+    let long = "ä".repeat(512); // 1 KiB of UTF-8
+    let hostile = [
+        "../../etc/passwd",
+        "/etc/shadow",
+        "..\\..\\windows\\system32",
+        "nul\u{0}byte.txt",
+        "bell\u{7}and\nnewline.txt",
+        long.as_str(),
+        "invoice\u{202e}fdp.exe",
+        "...",
+        "",
+        "%2e%2e%2fescape",
+    ];
+    for (index, name) in hostile.iter().enumerate() {
+        let content = format!("content {index}");
+        let uploaded = user.upload_bytes(name, content.as_bytes()).await.unwrap();
+        let expected_name = if name.is_empty() { "file" } else { name };
+        assert_eq!(
+            uploaded.filename, expected_name,
+            "the original name comes back verbatim"
+        );
+        let (namespace, rest) = uploaded.key.split_once('/').unwrap();
+        assert_eq!(namespace, user.id.to_string());
+        assert!(
+            !rest.contains('/') && !rest.contains('\\') && !rest.contains(".."),
+            "{}",
+            uploaded.key
+        );
+        assert!(rest.len() <= 100, "{} bytes", rest.len());
+        assert!(
+            rest.chars().all(|c| !c.is_control() && c != '\u{202e}'),
+            "{:?}",
+            rest
+        );
+        let (info, downloaded) = user.download(&uploaded.key).await.unwrap();
+        assert_eq!(info.filename, expected_name);
+        assert_eq!(downloaded, content.as_bytes());
+    }
+    assert_eq!(user.list_all().await.len(), hostile.len());
+    // Nothing was written outside the object store's own directory.
+    for file in stack.stored_files() {
+        let store_root = match &stack.s3 {
+            Some(s3) => s3.root().to_path_buf(),
+            None => stack.config.storage_dir(),
+        };
+        assert!(file.starts_with(&store_root), "{}", file.display());
+    }
+}
+
+async fn same_name_uploads_at_once_get_distinct_keys(backend: Backend) {
+    let stack = Stack::start(backend, |_| {}).await;
+    let user = stack.user("twins").await;
+    let uploads = (0..6u8).map(|index| {
+        let user = &user;
+        async move { user.upload_bytes("same.txt", &[index; 1000]).await.unwrap() }
+    });
+    let uploaded = futures::future::join_all(uploads).await;
+    let keys: HashSet<_> = uploaded.iter().map(|file| file.key.clone()).collect();
+    assert_eq!(keys.len(), 6);
+    for (index, file) in uploaded.iter().enumerate() {
+        assert_eq!(
+            user.download(&file.key).await.unwrap().1,
+            vec![index as u8; 1000]
+        );
+    }
+}
+
+async fn a_cancelled_upload_leaves_nothing_behind(backend: Backend) {
+    let stack = Stack::start(backend, |_| {}).await;
+    let user = stack.user("cancel").await;
+    // The client runs on a runtime of its own; dropping that runtime mid-stream closes
+    // its connection, which is what a crashed or disconnected client looks like.
+    let url = stack.storage.url();
+    let token = user.token.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let channel = tonic::transport::Endpoint::from_shared(url)
+                .unwrap()
+                .connect_lazy();
+            let mut client =
+                strongbox_proto::storage::v1::storage_service_client::StorageServiceClient::new(
+                    channel,
+                );
+            let meta = upload_request::Payload::Metadata(metadata("partial.bin", ""));
+            // Enough for at least one 5 MiB part to reach the store, then silence.
+            let chunks = (0..12).map(|seed| {
+                upload_request::Payload::Chunk(Bytes::from(pseudo_random(1024 * 1024, seed)))
+            });
+            let messages = std::iter::once(meta)
+                .chain(chunks)
+                .map(|payload| UploadRequest {
+                    payload: Some(payload),
+                });
+            let stream = futures::stream::iter(messages).chain(futures::stream::pending());
+            let request = strongbox_tests::auth::with_bearer(stream, &token);
+            let outcome =
+                tokio::time::timeout(Duration::from_millis(700), client.upload(request)).await;
+            assert!(
+                outcome.is_err(),
+                "the upload must still be waiting for more bytes: {outcome:?}"
+            );
+        });
+        drop(runtime);
+    })
+    .join()
+    .unwrap();
+    assert!(user.list_all().await.is_empty());
+    let left = stack.settle_stored_files(0).await;
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+async fn listing_is_newest_first_and_paginated(backend: Backend) {
+    let stack = Stack::start(backend, |_| {}).await;
+    let user = stack.user("pages").await;
+    let mut keys = Vec::new();
+    for index in 0..5 {
+        keys.push(
+            user.upload_bytes(&format!("file-{index}.txt"), b"x")
+                .await
+                .unwrap()
+                .key,
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = user
+            .client()
+            .list_files(user.req(ListFilesRequest {
+                page_size: 2,
+                page_token: token.clone(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        pages += 1;
+        assert!(page.files.len() <= 2);
+        seen.extend(page.files.into_iter().map(|file| file.key));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    keys.reverse();
+    assert_eq!(seen, keys, "newest first, each file once");
+    assert_eq!(pages, 3);
+    let bad = user
+        .client()
+        .list_files(user.req(ListFilesRequest {
+            page_size: 2,
+            page_token: "garbage!".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+}
+
+async fn resumable_upload_survives_a_restart(backend: Backend) {
+    let mut stack = Stack::start(backend, |_| {}).await;
+    let user = stack.user("resume").await;
+    let content = pseudo_random(7 * 1024 * 1024 + 11, 5);
+    let declared = FileMetadata {
+        size: Some(content.len() as u64),
+        sha256: Some(sha256_hex(&content)),
+        ..metadata("movie.mp4", "video/mp4")
+    };
+    let session = user
+        .client()
+        .create_upload(user.req(CreateUploadRequest {
+            metadata: Some(declared),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(session.max_chunk_size, 4 * 1024 * 1024);
+    let id = session.upload_id.clone();
+    let chunk = |start: usize, len: usize| UploadChunkRequest {
+        upload_id: id.clone(),
+        offset: start as u64,
+        data: Bytes::copy_from_slice(&content[start..(start + len).min(content.len())]),
+    };
+    let mib = 1024 * 1024;
+    let acked = user
+        .client()
+        .upload_chunk(user.req(chunk(0, 3 * mib)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(acked.offset, 3 * mib as u64);
+    // Re-sending an acknowledged chunk is harmless.
+    let again = user
+        .client()
+        .upload_chunk(user.req(chunk(0, 3 * mib)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.offset, 3 * mib as u64);
+    // A gap is refused with the offset to resume from.
+    let gap = user
+        .client()
+        .upload_chunk(user.req(chunk(4 * mib, mib)))
+        .await
+        .unwrap_err();
+    assert_eq!(gap.code(), Code::FailedPrecondition);
+    assert!(
+        gap.message().contains(&(3 * mib).to_string()),
+        "{}",
+        gap.message()
+    );
+    // Completing early says what is missing.
+    let early = user
+        .client()
+        .complete_upload(user.req(CompleteUploadRequest {
+            upload_id: id.clone(),
+        }))
+        .await;
+    assert_eq!(early.unwrap_err().code(), Code::FailedPrecondition);
+
+    stack.restart_storage().await;
+
+    let status = user
+        .client()
+        .get_upload_status(user.req(GetUploadStatusRequest {
+            upload_id: id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.offset, 3 * mib as u64);
+    assert_eq!(status.metadata.unwrap().filename, "movie.mp4");
+    let mut offset = status.offset as usize;
+    while offset < content.len() {
+        offset = user
+            .client()
+            .upload_chunk(user.req(chunk(offset, 2 * mib)))
+            .await
+            .unwrap()
+            .into_inner()
+            .offset as usize;
+    }
+    let file = user
+        .client()
+        .complete_upload(user.req(CompleteUploadRequest {
+            upload_id: id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .file
+        .unwrap();
+    assert_eq!(file.size, content.len() as u64);
+    assert_eq!(file.sha256, sha256_hex(&content));
+    assert!(
+        user.download(&file.key).await.unwrap().1 == content,
+        "assembled bytes differ"
+    );
+    // The session is gone, and so is its staging: only the file remains.
+    let gone = user
+        .client()
+        .get_upload_status(user.req(GetUploadStatusRequest { upload_id: id }))
+        .await;
+    assert_eq!(gone.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        stack.settle_stored_files(1).await.len(),
+        1,
+        "{:?}",
+        stack.stored_files()
+    );
+
+    // Another user cannot see or touch a session.
+    let other = stack.user("other").await;
+    let session = user
+        .client()
+        .create_upload(user.req(CreateUploadRequest {
+            metadata: Some(metadata("x", "")),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let foreign = other
+        .client()
+        .get_upload_status(other.req(GetUploadStatusRequest {
+            upload_id: session.upload_id.clone(),
+        }))
+        .await;
+    assert_eq!(foreign.unwrap_err().code(), Code::NotFound);
+    user.client()
+        .abort_upload(user.req(AbortUploadRequest {
+            upload_id: session.upload_id.clone(),
+        }))
+        .await
+        .unwrap();
+    let aborted = user
+        .client()
+        .get_upload_status(user.req(GetUploadStatusRequest {
+            upload_id: session.upload_id,
+        }))
+        .await;
+    assert_eq!(aborted.unwrap_err().code(), Code::NotFound);
+}
+
+async fn unfinished_sessions_expire_and_are_cleaned_up(backend: Backend) {
+    let stack = Stack::start(backend, |config| config.upload_session_ttl_seconds = 1).await;
+    let user = stack.user("expire").await;
+    let session = user
+        .client()
+        .create_upload(user.req(CreateUploadRequest {
+            metadata: Some(metadata("x.bin", "")),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let data = Bytes::from(pseudo_random(100_000, 6));
+    user.client()
+        .upload_chunk(user.req(UploadChunkRequest {
+            upload_id: session.upload_id.clone(),
+            offset: 0,
+            data,
+        }))
+        .await
+        .unwrap();
+    assert_eq!(stack.stored_files().len(), 1, "the chunk is staged");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let expired = user
+        .client()
+        .get_upload_status(user.req(GetUploadStatusRequest {
+            upload_id: session.upload_id,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(expired.code(), Code::NotFound);
+    let left = stack.settle_stored_files(0).await;
+    assert!(left.is_empty(), "the sweeper left {left:?}");
+}
+
+async fn download_urls_open_with_a_plain_http_get(backend: Backend) {
+    let stack = Stack::start(backend, |_| {}).await;
+    let user = stack.user("urls").await;
+    let content = pseudo_random(200_000, 7);
+    let uploaded = user.upload_bytes("photo.jpg", &content).await.unwrap();
+    let fresh = user
+        .client()
+        .get_download_url(user.req(GetDownloadUrlRequest {
+            key: uploaded.key.clone(),
+            expires_in: 120,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let too_long = user
+        .client()
+        .get_download_url(user.req(GetDownloadUrlRequest {
+            key: uploaded.key.clone(),
+            expires_in: 8 * 24 * 3600,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(too_long.code(), Code::InvalidArgument);
+
+    match backend {
+        Backend::S3 => {
+            for url in [&uploaded.url, &fresh.url] {
+                let response = reqwest::get(url.as_str()).await.unwrap();
+                assert_eq!(response.status(), 200, "{url}");
+                let disposition = response.headers().get("content-disposition").cloned();
+                assert_eq!(response.bytes().await.unwrap(), content);
+                if let Some(disposition) = disposition {
+                    assert!(disposition.to_str().unwrap().contains("photo.jpg"));
+                }
+            }
+        }
+        Backend::Local => {
+            // The gateway serves these links; here the link's own parameters authorize
+            // a Download, and nothing else does.
+            for url in [&uploaded.url, &fresh.url] {
+                let link = url::Url::parse(url).unwrap();
+                assert!(
+                    link.as_str().starts_with("http://localhost:8000/files/"),
+                    "{link}"
+                );
+                let query: std::collections::HashMap<_, _> =
+                    link.query_pairs().into_owned().collect();
+                let signed = DownloadRequest {
+                    key: uploaded.key.clone(),
+                    expires: query["expires"].parse().unwrap(),
+                    signature: query["signature"].clone(),
+                };
+                let (_, downloaded) = download_with(&user.client(), Request::new(signed.clone()))
+                    .await
+                    .unwrap();
+                assert_eq!(downloaded, content);
+                let forged = DownloadRequest {
+                    expires: signed.expires + 1,
+                    ..signed
+                };
+                let refused = download_with(&user.client(), Request::new(forged))
+                    .await
+                    .unwrap_err();
+                assert_eq!(refused.code(), Code::NotFound);
+            }
+        }
+    }
+}
+
+/// S3 only: URLs are signed for STORAGE_PUBLIC_ENDPOINT, and S3 signatures bind the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presigned_urls_are_signed_for_the_public_endpoint() {
+    let mut stack = Stack::start(Backend::S3, |_| {}).await;
+    let port = stack.s3.as_ref().unwrap().service.addr.port();
+    // Browsers reach the same server as "localhost"; services as 127.0.0.1.
+    stack.config.storage_public_endpoint = Some(format!("http://localhost:{port}"));
+    stack.restart_storage().await;
+    let user: User = stack.user("public").await;
+    let content = pseudo_random(50_000, 8);
+    let uploaded = user.upload_bytes("public.bin", &content).await.unwrap();
+    let url = url::Url::parse(&uploaded.url).unwrap();
+    assert_eq!(url.host_str(), Some("localhost"));
+    let response = reqwest::get(url.clone()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap(), content);
+
+    let mut other_host = url.clone();
+    other_host.set_host(Some("127.0.0.1")).unwrap();
+    let refused = reqwest::get(other_host).await.unwrap();
+    assert_eq!(
+        refused.status(),
+        403,
+        "a URL signed for one host must not work at another"
+    );
+    let mut other_key = url;
+    let swapped = other_key.path().replace("public.bin", "other.bin");
+    other_key.set_path(&swapped);
+    assert_eq!(reqwest::get(other_key).await.unwrap().status(), 403);
+}

@@ -1,0 +1,198 @@
+// End-to-end: the upload page in a real Chromium against a running gateway.
+//
+//   STRONGBOX_URL=http://localhost:8000 node --test web/e2e/
+//
+// The gateway must already be up (with auth and storage behind it). Without STRONGBOX_URL, or
+// without Chromium (/usr/bin/chromium, or CHROMIUM=/path), the tests fail rather than skip: a
+// skipped end-to-end test reads as green and proves nothing. The first test leaves a screenshot
+// of the page in docs/screenshot-upload.png.
+import assert from "node:assert/strict";
+import { createHash, randomBytes, randomUUID } from "node:crypto";
+import { existsSync } from "node:fs";
+import { mkdir, mkdtemp, open, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { after, before, test } from "node:test";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const BASE_URL = process.env.STRONGBOX_URL;
+const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const SCREENSHOT = fileURLToPath(new URL("../../docs/screenshot-upload.png", import.meta.url));
+const MiB = 1024 * 1024;
+
+let browser;
+let scratch;
+
+before(async () => {
+  assert.ok(BASE_URL, "set STRONGBOX_URL to the gateway's address, e.g. http://localhost:8000");
+  assert.ok(existsSync(CHROMIUM), `no Chromium at ${CHROMIUM}: apt-get install chromium, or set CHROMIUM`);
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--no-first-run",
+    ],
+  });
+  scratch = await mkdtemp(join(tmpdir(), "strongbox-e2e-"));
+});
+
+after(async () => {
+  await browser?.close();
+  if (scratch) {
+    await rm(scratch, { recursive: true, force: true });
+  }
+});
+
+test("register, log in, upload 20 MiB, download it intact, delete it", { timeout: 180_000 }, async (t) => {
+  const page = await openPage(t);
+  await registerAndLogIn(page);
+  const file = await randomFile(`e2e-${randomUUID()}.bin`, 20 * MiB);
+
+  await page.setInputFiles("#file-input", file.path);
+  const upload = uploadRow(page, file.name);
+  await upload.locator('[data-testid="progress-percent"]', { hasText: "100%" }).waitFor();
+  await page.locator('[data-testid="upload-row"][data-state="done"]', { hasText: file.name }).waitFor();
+  const listed = fileRow(page, file.name);
+  await listed.waitFor();
+  await mkdir(dirname(SCREENSHOT), { recursive: true });
+  await page.screenshot({ path: SCREENSHOT, fullPage: true });
+
+  assert.equal(await downloadedSha256(listed), file.sha256);
+
+  page.once("dialog", (dialog) => dialog.accept());
+  await listed.locator('[data-testid="delete"]').click();
+  await listed.waitFor({ state: "detached" });
+});
+
+test("an upload interrupted by a reload resumes where it stopped", { timeout: 300_000 }, async (t) => {
+  const page = await openPage(t);
+  await registerAndLogIn(page);
+  const file = await randomFile(`e2e-${randomUUID()}.bin`, 48 * MiB);
+
+  // Slow the upload down, so the reload reliably lands in the middle of it.
+  const devtools = await page.context().newCDPSession(page);
+  await devtools.send("Network.enable");
+  await setUploadBandwidth(devtools, 4 * MiB);
+  await page.setInputFiles("#file-input", file.path);
+  await page.waitForFunction(
+    (name) => {
+      const row = [...document.querySelectorAll('[data-testid="upload-row"]')].find((r) =>
+        r.textContent.includes(name),
+      );
+      const percent = parseInt(row?.querySelector('[data-testid="progress-percent"]')?.textContent ?? "", 10);
+      return percent >= 20 && percent < 100;
+    },
+    file.name,
+    { polling: 50 },
+  );
+  await page.reload();
+  await setUploadBandwidth(devtools, -1);
+
+  const interrupted = page.locator('#interrupted [data-testid="interrupted-row"]', { hasText: file.name });
+  await interrupted.waitFor();
+  const stoppedAt = parseInt(await interrupted.locator('[data-testid="interrupted-percent"]').textContent(), 10);
+  assert.ok(stoppedAt > 0 && stoppedAt < 100, `the interrupted upload shows ${stoppedAt}%`);
+
+  await recordProgressShown(page);
+  await page.setInputFiles("#file-input", file.path);
+  await page.locator('[data-testid="upload-row"][data-state="done"]', { hasText: file.name }).waitFor();
+  const shown = await page.evaluate(() => window.progressShown);
+  assert.ok(shown.length > 0, "the resumed upload showed no progress");
+  assert.ok(shown[0] >= stoppedAt, `the resumed upload started at ${shown[0]}%, not at ${stoppedAt}%`);
+  assert.equal(shown.at(-1), 100);
+  assert.equal(await interrupted.count(), 0, "the resumed upload is still listed as interrupted");
+
+  const listed = fileRow(page, file.name);
+  await listed.waitFor();
+  assert.equal(await downloadedSha256(listed), file.sha256);
+});
+
+/** A fresh page (its own cookies and storage) that closes when the test ends. */
+async function openPage(t) {
+  const context = await browser.newContext({ baseURL: BASE_URL, viewport: { width: 900, height: 800 } });
+  t.after(() => context.close());
+  const page = await context.newPage();
+  page.setDefaultTimeout(60_000);
+  return page;
+}
+
+async function registerAndLogIn(page) {
+  const email = `e2e-${randomUUID()}@example.com`;
+  await page.goto("/");
+  await page.fill("#email", email);
+  await page.fill("#password", randomBytes(12).toString("base64url"));
+  await page.click("#register");
+  await page.locator("#status", { hasText: "Account created" }).waitFor();
+  await page.click("#login");
+  await page.locator("#user-email", { hasText: email }).waitFor();
+}
+
+function uploadRow(page, name) {
+  return page.locator('[data-testid="upload-row"]', { hasText: name });
+}
+
+function fileRow(page, name) {
+  return page.locator('[data-testid="file-row"]', {
+    has: page.locator('[data-testid="file-name"]', { hasText: name }),
+  });
+}
+
+/** Writes `size` random bytes to a temp file, a MiB at a time, hashing as it goes. */
+async function randomFile(name, size) {
+  const path = join(scratch, name);
+  const hash = createHash("sha256");
+  const handle = await open(path, "w");
+  try {
+    for (let written = 0; written < size; written += MiB) {
+      const block = randomBytes(Math.min(MiB, size - written));
+      hash.update(block);
+      await handle.write(block);
+    }
+  } finally {
+    await handle.close();
+  }
+  return { name, path, sha256: hash.digest("hex") };
+}
+
+/** Fetches the file behind a row's Download link, as a browser without credentials would. */
+async function downloadedSha256(row) {
+  const url = await row.locator('[data-testid="download"]').evaluate((link) => link.href);
+  const response = await fetch(url);
+  assert.equal(response.status, 200, `GET ${url}`);
+  const hash = createHash("sha256");
+  for await (const chunk of response.body) {
+    hash.update(chunk);
+  }
+  return hash.digest("hex");
+}
+
+/** Caps the page's upload speed in bytes per second (-1: no cap). */
+async function setUploadBandwidth(devtools, bytesPerSecond) {
+  await devtools.send("Network.emulateNetworkConditions", {
+    offline: false,
+    latency: 0,
+    downloadThroughput: -1,
+    uploadThroughput: bytesPerSecond,
+  });
+}
+
+/** From now on, collects into window.progressShown every percentage an upload row shows. */
+async function recordProgressShown(page) {
+  await page.evaluate(() => {
+    window.progressShown = [];
+    new MutationObserver(() => {
+      for (const cell of document.querySelectorAll('#uploads [data-testid="progress-percent"]')) {
+        const percent = parseInt(cell.textContent, 10);
+        if (!Number.isNaN(percent) && percent !== window.progressShown.at(-1)) {
+          window.progressShown.push(percent);
+        }
+      }
+    }).observe(document.querySelector("#uploads"), { subtree: true, childList: true, characterData: true });
+  });
+}
