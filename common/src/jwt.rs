@@ -85,10 +85,21 @@ impl From<TokenError> for Status {
     }
 }
 
-/// Returns the token from `authorization: Bearer <token>`.
+/// Returns the token from the `authorization: Bearer <token>` metadata of a gRPC call.
 pub fn bearer_token(metadata: &MetadataMap) -> Result<&str, TokenError> {
     let value = metadata.get("authorization").ok_or(TokenError::Missing)?;
-    let value = value.to_str().map_err(|_| TokenError::NotBearer)?;
+    parse_bearer(value.to_str().map_err(|_| TokenError::NotBearer)?)
+}
+
+/// Returns the token from an `authorization: Bearer <token>` HTTP header.
+pub fn bearer_token_from_headers(headers: &http::HeaderMap) -> Result<&str, TokenError> {
+    let value = headers
+        .get(http::header::AUTHORIZATION)
+        .ok_or(TokenError::Missing)?;
+    parse_bearer(value.to_str().map_err(|_| TokenError::NotBearer)?)
+}
+
+fn parse_bearer(value: &str) -> Result<&str, TokenError> {
     let (scheme, token) = value.split_once(' ').ok_or(TokenError::NotBearer)?;
     let token = token.trim();
     if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
@@ -156,11 +167,20 @@ impl Verifier {
         }
     }
 
-    /// Verifies the bearer token of a request and returns the caller, recording the
+    /// Verifies the bearer token of a gRPC call and returns the caller, recording the
     /// user id on the current span.
     pub async fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
-        let token = bearer_token(metadata)?;
-        let caller = self.verify(token).await?;
+        self.authenticate_token(bearer_token(metadata)).await
+    }
+
+    /// Like [`Verifier::authenticate`], for a request seen as plain HTTP (the gateway).
+    pub async fn authenticate_headers(&self, headers: &http::HeaderMap) -> Result<Caller, Status> {
+        self.authenticate_token(bearer_token_from_headers(headers))
+            .await
+    }
+
+    async fn authenticate_token(&self, token: Result<&str, TokenError>) -> Result<Caller, Status> {
+        let caller = self.verify(token?).await?;
         tracing::Span::current().record("user_id", tracing::field::display(caller.user_id));
         Ok(caller)
     }

@@ -2,6 +2,7 @@
 //!
 //! - [`jwt`]: access-token claims and the one verifier every service uses;
 //! - [`config`]: `.env` loading and the arguments all services take;
+//! - [`http`]: HTTP details shared by the services (Content-Disposition);
 //! - [`telemetry`]: tracing setup;
 //! - [`server`]: the gRPC bootstrap (reflection, health, per-call spans, graceful shutdown);
 //! - [`shutdown`]: the SIGINT/SIGTERM future handed to `run`;
@@ -9,6 +10,7 @@
 //! - [`secrets`]: key material generated once into the data directory.
 
 pub mod config;
+pub mod http;
 pub mod jwt;
 pub mod secrets;
 pub mod server;

@@ -37,18 +37,22 @@ pub fn base_routes() -> (Routes, HealthReporter) {
     (routes, health)
 }
 
-/// The span every call runs in: method and request id (never metadata values, which
-/// carry bearer tokens).
+/// The span every call runs in (tonic's `trace_fn`).
 pub fn call_span(request: &http::Request<()>) -> tracing::Span {
-    let request_id = request
-        .headers()
+    span_for(request.uri().path(), request.headers())
+}
+
+/// A span naming the call's path and request id, with room for the user id once it
+/// is known. Never metadata values: they carry bearer tokens.
+pub fn span_for(path: &str, headers: &http::HeaderMap) -> tracing::Span {
+    let request_id = headers
         .get(REQUEST_ID_HEADER)
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     tracing::info_span!(
         "call",
-        method = %request.uri().path(),
+        method = %path,
         request_id = %request_id,
         user_id = tracing::field::Empty,
     )

@@ -14,8 +14,8 @@ use object_store::signer::Signer;
 use object_store::{
     Attribute, Attributes, ClientOptions, ObjectStore, PutMultipartOptions, RetryConfig,
 };
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::Method;
+use strongbox_common::http::content_disposition;
 use url::Url;
 
 use crate::config::Config;
@@ -138,7 +138,7 @@ impl Backend {
     ) -> Result<(), StorageError> {
         match &self.downloads {
             Downloads::Linked(links) => links.verify(key, expires, signature, now),
-            Downloads::Presigned(_) => Err(StorageError::NotFound(
+            Downloads::Presigned(_) => Err(StorageError::PermissionDenied(
                 "signed links are only issued by the local backend; use the presigned URL",
             )),
         }
@@ -214,52 +214,4 @@ async fn create_bucket_if_missing(config: &Config, endpoint: &str) -> Result<(),
         "CreateBucket answered {status}: {}",
         body.chars().take(300).collect::<String>()
     ))
-}
-
-/// `attachment` with the original name, as RFC 6266 wants it: an ASCII fallback and
-/// the exact name percent-encoded in `filename*`.
-pub fn content_disposition(filename: &str) -> String {
-    let fallback: String = filename
-        .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    // RFC 5987 attr-chars stay as they are; everything else is percent-encoded.
-    const NOT_ATTR_CHAR: &AsciiSet = &NON_ALPHANUMERIC
-        .remove(b'!')
-        .remove(b'#')
-        .remove(b'$')
-        .remove(b'&')
-        .remove(b'+')
-        .remove(b'-')
-        .remove(b'.')
-        .remove(b'^')
-        .remove(b'_')
-        .remove(b'`')
-        .remove(b'|')
-        .remove(b'~');
-    let encoded = utf8_percent_encode(filename, NOT_ATTR_CHAR);
-    format!("attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn content_disposition_follows_rfc_6266() {
-        assert_eq!(
-            content_disposition("report.pdf"),
-            "attachment; filename=\"report.pdf\"; filename*=UTF-8''report.pdf"
-        );
-        assert_eq!(
-            content_disposition("naïve \"quote\".txt"),
-            "attachment; filename=\"na_ve _quote_.txt\"; filename*=UTF-8''na%C3%AFve%20%22quote%22.txt"
-        );
-    }
 }

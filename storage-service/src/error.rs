@@ -10,6 +10,8 @@ pub enum StorageError {
     NotFound(&'static str),
     #[error("{0}")]
     FailedPrecondition(String),
+    #[error("{0}")]
+    PermissionDenied(&'static str),
     #[error("the file is larger than the upload limit of {limit} bytes")]
     TooLarge { limit: u64 },
     #[error("the file was declared as {declared} bytes but {received} bytes were sent")]
@@ -38,6 +40,7 @@ impl From<StorageError> for Status {
             }
             StorageError::NotFound(message) => Status::not_found(message),
             StorageError::FailedPrecondition(message) => Status::failed_precondition(message),
+            StorageError::PermissionDenied(message) => Status::permission_denied(message),
             StorageError::TooLarge { .. } => Status::resource_exhausted(err.to_string()),
             StorageError::ChecksumMismatch { .. } => Status::data_loss(err.to_string()),
             // tonic reports an over-sized message as OUT_OF_RANGE; to the client it is a

@@ -55,7 +55,7 @@ impl LinkSigner {
         now: u64,
     ) -> Result<(), StorageError> {
         let refused = || {
-            StorageError::NotFound(
+            StorageError::PermissionDenied(
                 "this download link is invalid or has expired; ask for a new one",
             )
         };

@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 use tonic::transport::{Channel, Endpoint};
 
 pub mod auth;
+pub mod gateway;
 pub mod s3;
 pub mod storage;
 pub mod tools;
@@ -43,10 +44,19 @@ impl RunningService {
         Fut: Future<Output = Result<(), E>>,
         E: std::fmt::Display,
     {
+        Self::start_with(reserve_port(port), workers, serve)
+    }
+
+    /// Like [`RunningService::start`], on a listener bound beforehand (so its address can
+    /// be handed to other services first).
+    pub fn start_with<F, Fut, E>(listener: std::net::TcpListener, workers: usize, serve: F) -> Self
+    where
+        F: FnOnce(tokio::net::TcpListener, oneshot::Receiver<()>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
         let (stop, stopped) = oneshot::channel();
         let (finish, finished) = oneshot::channel();
-        let listener =
-            std::net::TcpListener::bind(("127.0.0.1", port)).expect("a free loopback port");
         let addr = listener.local_addr().expect("a bound address");
         listener
             .set_nonblocking(true)
@@ -136,6 +146,11 @@ impl Drop for RunningService {
             stop.send(()).ok();
         }
     }
+}
+
+/// Binds a loopback listener on `port` (0 picks a free one).
+pub fn reserve_port(port: u16) -> std::net::TcpListener {
+    std::net::TcpListener::bind(("127.0.0.1", port)).expect("a free loopback port")
 }
 
 /// Turns the oneshot a test holds into the shutdown future `run` takes.
