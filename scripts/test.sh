@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one command that runs every check: installs the test tools, then formatting,
-# lints (buf, clippy), and every test suite over real sockets.
+# lints (buf, clippy, tsc), checks the committed web bundle is current, runs every Rust
+# suite over real sockets, and the browser end-to-end tests in Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,13 @@ echo "== cargo fmt"
 cargo fmt --all -- --check
 echo "== buf lint"
 (cd proto && buf lint)
+echo "== web: typecheck, and the committed bundle matches its sources"
+(cd web && npm run --silent typecheck && npm run --silent build >/dev/null)
+if ! git diff --quiet -- web/dist web/src/gen; then
+    echo "error: web/dist or web/src/gen is stale; run (cd web && npm run build) and commit:" >&2
+    git diff --stat -- web/dist web/src/gen >&2
+    exit 1
+fi
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== tests"
@@ -19,3 +27,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --workspace
 fi
+echo "== browser end-to-end"
+./scripts/e2e.sh

@@ -198,7 +198,9 @@ async fn create_bucket_if_missing(config: &Config, endpoint: &str) -> Result<(),
         .header(reqwest::header::CONTENT_LENGTH, 0)
         .send()
         .await
-        .map_err(|err| format!("the endpoint is unreachable: {err}"))?;
+        // reqwest's error carries the URL, which is presigned here (credential and
+        // signature in the query): keep it out of logs and stderr.
+        .map_err(|err| format!("the endpoint is unreachable: {}", err.without_url()))?;
     let status = response.status();
     if status.is_success() {
         tracing::info!(bucket = %config.storage_bucket, "created bucket");

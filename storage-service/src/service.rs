@@ -58,7 +58,8 @@ async fn store_stream(
 ) -> Result<FileRow, StorageError> {
     let file = first_metadata(&storage, user, &mut stream).await?;
     let mut sink = storage.open_sink(&file).await?;
-    if let Err(err) = receive(&mut stream, &mut sink).await {
+    let size_declared = file.expect.size.is_some();
+    if let Err(err) = receive(&mut stream, &mut sink, size_declared).await {
         tracing::info!(%err, received = sink.received(), "upload failed; aborting");
         sink.abort().await;
         return Err(err);
@@ -81,14 +82,27 @@ async fn first_metadata(
     }
 }
 
-/// Moves every chunk of the stream into the sink.
+/// Moves every chunk of the stream into the sink, until the file is known to be
+/// complete: an `end` message, or the declared size (checked by the sink on finish).
+///
+/// A stream that just stops is not enough. hyper reports a client's RST_STREAM(CANCEL)
+/// as a clean end of the request body, so "the stream ended" can mean "the client gave
+/// up"; storing what arrived would keep a truncated file.
 async fn receive(
     stream: &mut Streaming<UploadRequest>,
     sink: &mut UploadSink,
+    size_declared: bool,
 ) -> Result<(), StorageError> {
+    let mut ended = false;
     while let Some(message) = stream.message().await.map_err(StorageError::ClientStream)? {
+        if ended {
+            return Err(StorageError::InvalidArgument(
+                "nothing may follow the `end` message".into(),
+            ));
+        }
         match message.payload {
             Some(upload_request::Payload::Chunk(chunk)) => sink.write(chunk).await?,
+            Some(upload_request::Payload::End(_)) => ended = true,
             Some(upload_request::Payload::Metadata(_)) => {
                 return Err(StorageError::InvalidArgument(
                     "metadata was sent twice; send it only in the first message".into(),
@@ -96,12 +110,20 @@ async fn receive(
             }
             None => {
                 return Err(StorageError::InvalidArgument(
-                    "an upload message must carry metadata or a chunk".into(),
+                    "an upload message must carry metadata, a chunk or end".into(),
                 ));
             }
         }
     }
-    Ok(())
+    if ended || size_declared {
+        Ok(())
+    } else {
+        Err(StorageError::InvalidArgument(
+            "the upload stream stopped without an `end` message or a declared size, so it cannot be told \
+             apart from a cancelled upload; nothing was stored. Send `end` last, or declare `size`"
+                .into(),
+        ))
+    }
 }
 
 #[tonic::async_trait]

@@ -9,8 +9,8 @@ use sha2::{Digest, Sha256};
 use strongbox_proto::auth::v1::MeRequest;
 use strongbox_proto::storage::v1::storage_service_client::StorageServiceClient;
 use strongbox_proto::storage::v1::{
-    DownloadRequest, FileInfo, FileMetadata, ListFilesRequest, UploadRequest, UploadResponse,
-    download_response, upload_request,
+    DownloadRequest, FileInfo, FileMetadata, ListFilesRequest, UploadEnd, UploadRequest,
+    UploadResponse, download_response, upload_request,
 };
 use tonic::transport::Channel;
 use tonic::{Request, Status};
@@ -147,7 +147,7 @@ impl User {
         with_bearer(message, &self.token)
     }
 
-    /// Streams `chunks` after `metadata`.
+    /// Streams `chunks` after `metadata`, then `end`.
     pub async fn upload(
         &self,
         metadata: FileMetadata,
@@ -155,6 +155,7 @@ impl User {
     ) -> Result<UploadResponse, Status> {
         let messages = std::iter::once(upload_request::Payload::Metadata(metadata))
             .chain(chunks.into_iter().map(upload_request::Payload::Chunk))
+            .chain(std::iter::once(upload_request::Payload::End(UploadEnd {})))
             .map(|payload| UploadRequest {
                 payload: Some(payload),
             });
@@ -162,7 +163,7 @@ impl User {
         Ok(self.client().upload(request).await?.into_inner())
     }
 
-    /// Uploads `content` in 256 KiB chunks under `filename`, declaring nothing else.
+    /// Uploads `content` in 256 KiB chunks under `filename`, declaring its size.
     pub async fn upload_bytes(
         &self,
         filename: &str,
@@ -172,8 +173,11 @@ impl User {
             .chunks(256 * 1024)
             .map(Bytes::copy_from_slice)
             .collect();
-        self.upload(metadata(filename, "application/octet-stream"), chunks)
-            .await
+        let declared = FileMetadata {
+            size: Some(content.len() as u64),
+            ..metadata(filename, "application/octet-stream")
+        };
+        self.upload(declared, chunks).await
     }
 
     /// Downloads a file through the Download stream: its info and its bytes.

@@ -225,7 +225,8 @@ async fn grpcurl_uses_reflection_and_json_through_the_gateway() {
     // A client-streaming upload from JSON: metadata, then base64 chunks.
     let body = r#"{"metadata": {"filename": "hello.txt", "contentType": "text/plain"}}
                   {"chunk": "aGVsbG8sIA=="}
-                  {"chunk": "d29ybGQK"}"#;
+                  {"chunk": "d29ybGQK"}
+                  {"end": {}}"#;
     let uploaded: serde_json::Value = serde_json::from_str(
         &grpcurl_ok(&[
             "-H",

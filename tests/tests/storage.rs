@@ -10,7 +10,7 @@ use futures::StreamExt;
 use strongbox_proto::storage::v1::{
     AbortUploadRequest, CompleteUploadRequest, CreateUploadRequest, DeleteFileRequest,
     DownloadRequest, FileMetadata, GetDownloadUrlRequest, GetUploadStatusRequest, ListFilesRequest,
-    StatFileRequest, UploadChunkRequest, UploadRequest, upload_request,
+    StatFileRequest, UploadChunkRequest, UploadEnd, UploadRequest, upload_request,
 };
 use strongbox_tests::storage::{
     Backend, Stack, User, download_with, metadata, pseudo_random, sha256_hex,
@@ -212,7 +212,14 @@ async fn the_size_limit_is_enforced_while_streaming(backend: Backend) {
     let user = stack.user("limit").await;
     // Undeclared: refused as soon as the stream passes the limit.
     let content = pseudo_random(3 * 1024 * 1024, 4);
-    let status = user.upload_bytes("big.bin", &content).await.unwrap_err();
+    let chunks = content
+        .chunks(256 * 1024)
+        .map(Bytes::copy_from_slice)
+        .collect();
+    let status = user
+        .upload(metadata("big.bin", ""), chunks)
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert!(status.message().contains("1048576"), "{}", status.message());
     // Declared: refused before any byte.
@@ -269,6 +276,7 @@ async fn malformed_upload_streams_are_refused(backend: Backend) {
     let user = stack.user("malformed").await;
     let chunk = |bytes: &'static [u8]| upload_request::Payload::Chunk(Bytes::from_static(bytes));
     let meta = || upload_request::Payload::Metadata(metadata("a.txt", "text/plain"));
+    let end = || upload_request::Payload::End(UploadEnd {});
     let cases: Vec<(&str, Vec<Option<upload_request::Payload>>, &str)> = vec![
         (
             "chunk first",
@@ -284,7 +292,17 @@ async fn malformed_upload_streams_are_refused(backend: Backend) {
         (
             "empty message",
             vec![Some(meta()), None],
-            "metadata or a chunk",
+            "metadata, a chunk or end",
+        ),
+        (
+            "stops without end or a declared size",
+            vec![Some(meta()), Some(chunk(b"data"))],
+            "cannot be told apart from a cancelled upload",
+        ),
+        (
+            "a chunk after end",
+            vec![Some(meta()), Some(end()), Some(chunk(b"data"))],
+            "nothing may follow",
         ),
     ];
     for (what, messages, expected) in cases {
@@ -840,7 +858,7 @@ async fn download_urls_open_with_a_plain_http_get(backend: Backend) {
                 let refused = download_with(&user.client(), Request::new(forged))
                     .await
                     .unwrap_err();
-                assert_eq!(refused.code(), Code::NotFound);
+                assert_eq!(refused.code(), Code::PermissionDenied);
             }
         }
     }

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file storage/v1/storage.proto.
  */
 export const file_storage_v1_storage: GenFile = /*@__PURE__*/
-  fileDesc("ChhzdG9yYWdlL3YxL3N0b3JhZ2UucHJvdG8SCnN0b3JhZ2UudjEicgoMRmlsZU1ldGFkYXRhEhAKCGZpbGVuYW1lGAEgASgJEhQKDGNvbnRlbnRfdHlwZRgCIAEoCRIRCgRzaXplGAMgASgESACIAQESEwoGc2hhMjU2GAQgASgJSAGIAQFCBwoFX3NpemVCCQoHX3NoYTI1NiLeAQoIRmlsZUluZm8SEAoIZmlsZW5hbWUYASABKAkSCwoDa2V5GAIgASgJEgsKA3VybBgDIAEoCRIOCgZzdGF0dXMYBCABKAkSDAoEc2l6ZRgFIAEoBBIOCgZzaGEyNTYYBiABKAkSFAoMY29udGVudF90eXBlGAcgASgJEi4KCmNyZWF0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDnVybF9leHBpcmVzX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJZCg1VcGxvYWRSZXF1ZXN0EiwKCG1ldGFkYXRhGAEgASgLMhguc3RvcmFnZS52MS5GaWxlTWV0YWRhdGFIABIPCgVjaHVuaxgCIAEoDEgAQgkKB3BheWxvYWQi5AEKDlVwbG9hZFJlc3BvbnNlEhAKCGZpbGVuYW1lGAEgASgJEgsKA2tleRgCIAEoCRILCgN1cmwYAyABKAkSDgoGc3RhdHVzGAQgASgJEgwKBHNpemUYBSABKAQSDgoGc2hhMjU2GAYgASgJEhQKDGNvbnRlbnRfdHlwZRgHIAEoCRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg51cmxfZXhwaXJlc19hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiQQoTQ3JlYXRlVXBsb2FkUmVxdWVzdBIqCghtZXRhZGF0YRgBIAEoCzIYLnN0b3JhZ2UudjEuRmlsZU1ldGFkYXRhInEKFENyZWF0ZVVwbG9hZFJlc3BvbnNlEhEKCXVwbG9hZF9pZBgBIAEoCRIWCg5tYXhfY2h1bmtfc2l6ZRgCIAEoBBIuCgpleHBpcmVzX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJFChJVcGxvYWRDaHVua1JlcXVlc3QSEQoJdXBsb2FkX2lkGAEgASgJEg4KBm9mZnNldBgCIAEoBBIMCgRkYXRhGAMgASgMIiUKE1VwbG9hZENodW5rUmVzcG9uc2USDgoGb2Zmc2V0GAEgASgEIisKFkdldFVwbG9hZFN0YXR1c1JlcXVlc3QSEQoJdXBsb2FkX2lkGAEgASgJIpgBChdHZXRVcGxvYWRTdGF0dXNSZXNwb25zZRIRCgl1cGxvYWRfaWQYASABKAkSDgoGb2Zmc2V0GAIgASgEEioKCG1ldGFkYXRhGAMgASgLMhguc3RvcmFnZS52MS5GaWxlTWV0YWRhdGESLgoKZXhwaXJlc19hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiKgoVQ29tcGxldGVVcGxvYWRSZXF1ZXN0EhEKCXVwbG9hZF9pZBgBIAEoCSI8ChZDb21wbGV0ZVVwbG9hZFJlc3BvbnNlEiIKBGZpbGUYASABKAsyFC5zdG9yYWdlLnYxLkZpbGVJbmZvIicKEkFib3J0VXBsb2FkUmVxdWVzdBIRCgl1cGxvYWRfaWQYASABKAkiFQoTQWJvcnRVcGxvYWRSZXNwb25zZSI5ChBMaXN0RmlsZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJIlEKEUxpc3RGaWxlc1Jlc3BvbnNlEiMKBWZpbGVzGAEgAygLMhQuc3RvcmFnZS52MS5GaWxlSW5mbxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiHgoPU3RhdEZpbGVSZXF1ZXN0EgsKA2tleRgBIAEoCSI2ChBTdGF0RmlsZVJlc3BvbnNlEiIKBGZpbGUYASABKAsyFC5zdG9yYWdlLnYxLkZpbGVJbmZvIjgKFUdldERvd25sb2FkVXJsUmVxdWVzdBILCgNrZXkYASABKAkSEgoKZXhwaXJlc19pbhgCIAEoDSJVChZHZXREb3dubG9hZFVybFJlc3BvbnNlEgsKA3VybBgBIAEoCRIuCgpleHBpcmVzX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJCCg9Eb3dubG9hZFJlcXVlc3QSCwoDa2V5GAEgASgJEg8KB2V4cGlyZXMYAiABKAQSEQoJc2lnbmF0dXJlGAMgASgJIlQKEERvd25sb2FkUmVzcG9uc2USJAoEaW5mbxgBIAEoCzIULnN0b3JhZ2UudjEuRmlsZUluZm9IABIPCgVjaHVuaxgCIAEoDEgAQgkKB3BheWxvYWQiIAoRRGVsZXRlRmlsZVJlcXVlc3QSCwoDa2V5GAEgASgJIhQKEkRlbGV0ZUZpbGVSZXNwb25zZTL7BgoOU3RvcmFnZVNlcnZpY2USQQoGVXBsb2FkEhkuc3RvcmFnZS52MS5VcGxvYWRSZXF1ZXN0Ghouc3RvcmFnZS52MS5VcGxvYWRSZXNwb25zZSgBElEKDENyZWF0ZVVwbG9hZBIfLnN0b3JhZ2UudjEuQ3JlYXRlVXBsb2FkUmVxdWVzdBogLnN0b3JhZ2UudjEuQ3JlYXRlVXBsb2FkUmVzcG9uc2USTgoLVXBsb2FkQ2h1bmsSHi5zdG9yYWdlLnYxLlVwbG9hZENodW5rUmVxdWVzdBofLnN0b3JhZ2UudjEuVXBsb2FkQ2h1bmtSZXNwb25zZRJaCg9HZXRVcGxvYWRTdGF0dXMSIi5zdG9yYWdlLnYxLkdldFVwbG9hZFN0YXR1c1JlcXVlc3QaIy5zdG9yYWdlLnYxLkdldFVwbG9hZFN0YXR1c1Jlc3BvbnNlElcKDkNvbXBsZXRlVXBsb2FkEiEuc3RvcmFnZS52MS5Db21wbGV0ZVVwbG9hZFJlcXVlc3QaIi5zdG9yYWdlLnYxLkNvbXBsZXRlVXBsb2FkUmVzcG9uc2USTgoLQWJvcnRVcGxvYWQSHi5zdG9yYWdlLnYxLkFib3J0VXBsb2FkUmVxdWVzdBofLnN0b3JhZ2UudjEuQWJvcnRVcGxvYWRSZXNwb25zZRJICglMaXN0RmlsZXMSHC5zdG9yYWdlLnYxLkxpc3RGaWxlc1JlcXVlc3QaHS5zdG9yYWdlLnYxLkxpc3RGaWxlc1Jlc3BvbnNlEkUKCFN0YXRGaWxlEhsuc3RvcmFnZS52MS5TdGF0RmlsZVJlcXVlc3QaHC5zdG9yYWdlLnYxLlN0YXRGaWxlUmVzcG9uc2USVwoOR2V0RG93bmxvYWRVcmwSIS5zdG9yYWdlLnYxLkdldERvd25sb2FkVXJsUmVxdWVzdBoiLnN0b3JhZ2UudjEuR2V0RG93bmxvYWRVcmxSZXNwb25zZRJHCghEb3dubG9hZBIbLnN0b3JhZ2UudjEuRG93bmxvYWRSZXF1ZXN0Ghwuc3RvcmFnZS52MS5Eb3dubG9hZFJlc3BvbnNlMAESSwoKRGVsZXRlRmlsZRIdLnN0b3JhZ2UudjEuRGVsZXRlRmlsZVJlcXVlc3QaHi5zdG9yYWdlLnYxLkRlbGV0ZUZpbGVSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("ChhzdG9yYWdlL3YxL3N0b3JhZ2UucHJvdG8SCnN0b3JhZ2UudjEicgoMRmlsZU1ldGFkYXRhEhAKCGZpbGVuYW1lGAEgASgJEhQKDGNvbnRlbnRfdHlwZRgCIAEoCRIRCgRzaXplGAMgASgESACIAQESEwoGc2hhMjU2GAQgASgJSAGIAQFCBwoFX3NpemVCCQoHX3NoYTI1NiLeAQoIRmlsZUluZm8SEAoIZmlsZW5hbWUYASABKAkSCwoDa2V5GAIgASgJEgsKA3VybBgDIAEoCRIOCgZzdGF0dXMYBCABKAkSDAoEc2l6ZRgFIAEoBBIOCgZzaGEyNTYYBiABKAkSFAoMY29udGVudF90eXBlGAcgASgJEi4KCmNyZWF0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDnVybF9leHBpcmVzX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ/Cg1VcGxvYWRSZXF1ZXN0EiwKCG1ldGFkYXRhGAEgASgLMhguc3RvcmFnZS52MS5GaWxlTWV0YWRhdGFIABIPCgVjaHVuaxgCIAEoDEgAEiQKA2VuZBgDIAEoCzIVLnN0b3JhZ2UudjEuVXBsb2FkRW5kSABCCQoHcGF5bG9hZCILCglVcGxvYWRFbmQi5AEKDlVwbG9hZFJlc3BvbnNlEhAKCGZpbGVuYW1lGAEgASgJEgsKA2tleRgCIAEoCRILCgN1cmwYAyABKAkSDgoGc3RhdHVzGAQgASgJEgwKBHNpemUYBSABKAQSDgoGc2hhMjU2GAYgASgJEhQKDGNvbnRlbnRfdHlwZRgHIAEoCRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg51cmxfZXhwaXJlc19hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiQQoTQ3JlYXRlVXBsb2FkUmVxdWVzdBIqCghtZXRhZGF0YRgBIAEoCzIYLnN0b3JhZ2UudjEuRmlsZU1ldGFkYXRhInEKFENyZWF0ZVVwbG9hZFJlc3BvbnNlEhEKCXVwbG9hZF9pZBgBIAEoCRIWCg5tYXhfY2h1bmtfc2l6ZRgCIAEoBBIuCgpleHBpcmVzX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJFChJVcGxvYWRDaHVua1JlcXVlc3QSEQoJdXBsb2FkX2lkGAEgASgJEg4KBm9mZnNldBgCIAEoBBIMCgRkYXRhGAMgASgMIiUKE1VwbG9hZENodW5rUmVzcG9uc2USDgoGb2Zmc2V0GAEgASgEIisKFkdldFVwbG9hZFN0YXR1c1JlcXVlc3QSEQoJdXBsb2FkX2lkGAEgASgJIpgBChdHZXRVcGxvYWRTdGF0dXNSZXNwb25zZRIRCgl1cGxvYWRfaWQYASABKAkSDgoGb2Zmc2V0GAIgASgEEioKCG1ldGFkYXRhGAMgASgLMhguc3RvcmFnZS52MS5GaWxlTWV0YWRhdGESLgoKZXhwaXJlc19hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiKgoVQ29tcGxldGVVcGxvYWRSZXF1ZXN0EhEKCXVwbG9hZF9pZBgBIAEoCSI8ChZDb21wbGV0ZVVwbG9hZFJlc3BvbnNlEiIKBGZpbGUYASABKAsyFC5zdG9yYWdlLnYxLkZpbGVJbmZvIicKEkFib3J0VXBsb2FkUmVxdWVzdBIRCgl1cGxvYWRfaWQYASABKAkiFQoTQWJvcnRVcGxvYWRSZXNwb25zZSI5ChBMaXN0RmlsZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJIlEKEUxpc3RGaWxlc1Jlc3BvbnNlEiMKBWZpbGVzGAEgAygLMhQuc3RvcmFnZS52MS5GaWxlSW5mbxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiHgoPU3RhdEZpbGVSZXF1ZXN0EgsKA2tleRgBIAEoCSI2ChBTdGF0RmlsZVJlc3BvbnNlEiIKBGZpbGUYASABKAsyFC5zdG9yYWdlLnYxLkZpbGVJbmZvIjgKFUdldERvd25sb2FkVXJsUmVxdWVzdBILCgNrZXkYASABKAkSEgoKZXhwaXJlc19pbhgCIAEoDSJVChZHZXREb3dubG9hZFVybFJlc3BvbnNlEgsKA3VybBgBIAEoCRIuCgpleHBpcmVzX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJCCg9Eb3dubG9hZFJlcXVlc3QSCwoDa2V5GAEgASgJEg8KB2V4cGlyZXMYAiABKAQSEQoJc2lnbmF0dXJlGAMgASgJIlQKEERvd25sb2FkUmVzcG9uc2USJAoEaW5mbxgBIAEoCzIULnN0b3JhZ2UudjEuRmlsZUluZm9IABIPCgVjaHVuaxgCIAEoDEgAQgkKB3BheWxvYWQiIAoRRGVsZXRlRmlsZVJlcXVlc3QSCwoDa2V5GAEgASgJIhQKEkRlbGV0ZUZpbGVSZXNwb25zZTL7BgoOU3RvcmFnZVNlcnZpY2USQQoGVXBsb2FkEhkuc3RvcmFnZS52MS5VcGxvYWRSZXF1ZXN0Ghouc3RvcmFnZS52MS5VcGxvYWRSZXNwb25zZSgBElEKDENyZWF0ZVVwbG9hZBIfLnN0b3JhZ2UudjEuQ3JlYXRlVXBsb2FkUmVxdWVzdBogLnN0b3JhZ2UudjEuQ3JlYXRlVXBsb2FkUmVzcG9uc2USTgoLVXBsb2FkQ2h1bmsSHi5zdG9yYWdlLnYxLlVwbG9hZENodW5rUmVxdWVzdBofLnN0b3JhZ2UudjEuVXBsb2FkQ2h1bmtSZXNwb25zZRJaCg9HZXRVcGxvYWRTdGF0dXMSIi5zdG9yYWdlLnYxLkdldFVwbG9hZFN0YXR1c1JlcXVlc3QaIy5zdG9yYWdlLnYxLkdldFVwbG9hZFN0YXR1c1Jlc3BvbnNlElcKDkNvbXBsZXRlVXBsb2FkEiEuc3RvcmFnZS52MS5Db21wbGV0ZVVwbG9hZFJlcXVlc3QaIi5zdG9yYWdlLnYxLkNvbXBsZXRlVXBsb2FkUmVzcG9uc2USTgoLQWJvcnRVcGxvYWQSHi5zdG9yYWdlLnYxLkFib3J0VXBsb2FkUmVxdWVzdBofLnN0b3JhZ2UudjEuQWJvcnRVcGxvYWRSZXNwb25zZRJICglMaXN0RmlsZXMSHC5zdG9yYWdlLnYxLkxpc3RGaWxlc1JlcXVlc3QaHS5zdG9yYWdlLnYxLkxpc3RGaWxlc1Jlc3BvbnNlEkUKCFN0YXRGaWxlEhsuc3RvcmFnZS52MS5TdGF0RmlsZVJlcXVlc3QaHC5zdG9yYWdlLnYxLlN0YXRGaWxlUmVzcG9uc2USVwoOR2V0RG93bmxvYWRVcmwSIS5zdG9yYWdlLnYxLkdldERvd25sb2FkVXJsUmVxdWVzdBoiLnN0b3JhZ2UudjEuR2V0RG93bmxvYWRVcmxSZXNwb25zZRJHCghEb3dubG9hZBIbLnN0b3JhZ2UudjEuRG93bmxvYWRSZXF1ZXN0Ghwuc3RvcmFnZS52MS5Eb3dubG9hZFJlc3BvbnNlMAESSwoKRGVsZXRlRmlsZRIdLnN0b3JhZ2UudjEuRGVsZXRlRmlsZVJlcXVlc3QaHi5zdG9yYWdlLnYxLkRlbGV0ZUZpbGVSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * What a client declares about a file before sending it.
@@ -150,6 +150,17 @@ export type UploadRequest = Message<"storage.v1.UploadRequest"> & {
      */
     value: Uint8Array;
     case: "chunk";
+  } | {
+    /**
+     * Marks the end of the file; nothing may follow it. Required unless `metadata`
+     * declared `size`: HTTP/2 servers cannot always tell a client's cancellation from
+     * the end of its stream, so a stream that merely stops, with neither, is refused
+     * (INVALID_ARGUMENT) and nothing is stored.
+     *
+     * @generated from field: storage.v1.UploadEnd end = 3;
+     */
+    value: UploadEnd;
+    case: "end";
   } | { case: undefined; value?: undefined };
 };
 
@@ -159,6 +170,21 @@ export type UploadRequest = Message<"storage.v1.UploadRequest"> & {
  */
 export const UploadRequestSchema: GenMessage<UploadRequest> = /*@__PURE__*/
   messageDesc(file_storage_v1_storage, 2);
+
+/**
+ * The last message of an Upload stream.
+ *
+ * @generated from message storage.v1.UploadEnd
+ */
+export type UploadEnd = Message<"storage.v1.UploadEnd"> & {
+};
+
+/**
+ * Describes the message storage.v1.UploadEnd.
+ * Use `create(UploadEndSchema)` to create a new message.
+ */
+export const UploadEndSchema: GenMessage<UploadEnd> = /*@__PURE__*/
+  messageDesc(file_storage_v1_storage, 3);
 
 /**
  * The stored file (the same fields as FileInfo, at the top level).
@@ -217,7 +243,7 @@ export type UploadResponse = Message<"storage.v1.UploadResponse"> & {
  * Use `create(UploadResponseSchema)` to create a new message.
  */
 export const UploadResponseSchema: GenMessage<UploadResponse> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 3);
+  messageDesc(file_storage_v1_storage, 4);
 
 /**
  * @generated from message storage.v1.CreateUploadRequest
@@ -234,7 +260,7 @@ export type CreateUploadRequest = Message<"storage.v1.CreateUploadRequest"> & {
  * Use `create(CreateUploadRequestSchema)` to create a new message.
  */
 export const CreateUploadRequestSchema: GenMessage<CreateUploadRequest> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 4);
+  messageDesc(file_storage_v1_storage, 5);
 
 /**
  * @generated from message storage.v1.CreateUploadResponse
@@ -265,7 +291,7 @@ export type CreateUploadResponse = Message<"storage.v1.CreateUploadResponse"> & 
  * Use `create(CreateUploadResponseSchema)` to create a new message.
  */
 export const CreateUploadResponseSchema: GenMessage<CreateUploadResponse> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 5);
+  messageDesc(file_storage_v1_storage, 6);
 
 /**
  * @generated from message storage.v1.UploadChunkRequest
@@ -295,7 +321,7 @@ export type UploadChunkRequest = Message<"storage.v1.UploadChunkRequest"> & {
  * Use `create(UploadChunkRequestSchema)` to create a new message.
  */
 export const UploadChunkRequestSchema: GenMessage<UploadChunkRequest> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 6);
+  messageDesc(file_storage_v1_storage, 7);
 
 /**
  * @generated from message storage.v1.UploadChunkResponse
@@ -314,7 +340,7 @@ export type UploadChunkResponse = Message<"storage.v1.UploadChunkResponse"> & {
  * Use `create(UploadChunkResponseSchema)` to create a new message.
  */
 export const UploadChunkResponseSchema: GenMessage<UploadChunkResponse> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 7);
+  messageDesc(file_storage_v1_storage, 8);
 
 /**
  * @generated from message storage.v1.GetUploadStatusRequest
@@ -331,7 +357,7 @@ export type GetUploadStatusRequest = Message<"storage.v1.GetUploadStatusRequest"
  * Use `create(GetUploadStatusRequestSchema)` to create a new message.
  */
 export const GetUploadStatusRequestSchema: GenMessage<GetUploadStatusRequest> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 8);
+  messageDesc(file_storage_v1_storage, 9);
 
 /**
  * @generated from message storage.v1.GetUploadStatusResponse
@@ -365,7 +391,7 @@ export type GetUploadStatusResponse = Message<"storage.v1.GetUploadStatusRespons
  * Use `create(GetUploadStatusResponseSchema)` to create a new message.
  */
 export const GetUploadStatusResponseSchema: GenMessage<GetUploadStatusResponse> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 9);
+  messageDesc(file_storage_v1_storage, 10);
 
 /**
  * @generated from message storage.v1.CompleteUploadRequest
@@ -382,7 +408,7 @@ export type CompleteUploadRequest = Message<"storage.v1.CompleteUploadRequest"> 
  * Use `create(CompleteUploadRequestSchema)` to create a new message.
  */
 export const CompleteUploadRequestSchema: GenMessage<CompleteUploadRequest> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 10);
+  messageDesc(file_storage_v1_storage, 11);
 
 /**
  * @generated from message storage.v1.CompleteUploadResponse
@@ -399,7 +425,7 @@ export type CompleteUploadResponse = Message<"storage.v1.CompleteUploadResponse"
  * Use `create(CompleteUploadResponseSchema)` to create a new message.
  */
 export const CompleteUploadResponseSchema: GenMessage<CompleteUploadResponse> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 11);
+  messageDesc(file_storage_v1_storage, 12);
 
 /**
  * @generated from message storage.v1.AbortUploadRequest
@@ -416,7 +442,7 @@ export type AbortUploadRequest = Message<"storage.v1.AbortUploadRequest"> & {
  * Use `create(AbortUploadRequestSchema)` to create a new message.
  */
 export const AbortUploadRequestSchema: GenMessage<AbortUploadRequest> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 12);
+  messageDesc(file_storage_v1_storage, 13);
 
 /**
  * @generated from message storage.v1.AbortUploadResponse
@@ -429,7 +455,7 @@ export type AbortUploadResponse = Message<"storage.v1.AbortUploadResponse"> & {
  * Use `create(AbortUploadResponseSchema)` to create a new message.
  */
 export const AbortUploadResponseSchema: GenMessage<AbortUploadResponse> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 13);
+  messageDesc(file_storage_v1_storage, 14);
 
 /**
  * @generated from message storage.v1.ListFilesRequest
@@ -455,7 +481,7 @@ export type ListFilesRequest = Message<"storage.v1.ListFilesRequest"> & {
  * Use `create(ListFilesRequestSchema)` to create a new message.
  */
 export const ListFilesRequestSchema: GenMessage<ListFilesRequest> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 14);
+  messageDesc(file_storage_v1_storage, 15);
 
 /**
  * @generated from message storage.v1.ListFilesResponse
@@ -479,7 +505,7 @@ export type ListFilesResponse = Message<"storage.v1.ListFilesResponse"> & {
  * Use `create(ListFilesResponseSchema)` to create a new message.
  */
 export const ListFilesResponseSchema: GenMessage<ListFilesResponse> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 15);
+  messageDesc(file_storage_v1_storage, 16);
 
 /**
  * @generated from message storage.v1.StatFileRequest
@@ -496,7 +522,7 @@ export type StatFileRequest = Message<"storage.v1.StatFileRequest"> & {
  * Use `create(StatFileRequestSchema)` to create a new message.
  */
 export const StatFileRequestSchema: GenMessage<StatFileRequest> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 16);
+  messageDesc(file_storage_v1_storage, 17);
 
 /**
  * @generated from message storage.v1.StatFileResponse
@@ -513,7 +539,7 @@ export type StatFileResponse = Message<"storage.v1.StatFileResponse"> & {
  * Use `create(StatFileResponseSchema)` to create a new message.
  */
 export const StatFileResponseSchema: GenMessage<StatFileResponse> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 17);
+  messageDesc(file_storage_v1_storage, 18);
 
 /**
  * @generated from message storage.v1.GetDownloadUrlRequest
@@ -537,7 +563,7 @@ export type GetDownloadUrlRequest = Message<"storage.v1.GetDownloadUrlRequest"> 
  * Use `create(GetDownloadUrlRequestSchema)` to create a new message.
  */
 export const GetDownloadUrlRequestSchema: GenMessage<GetDownloadUrlRequest> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 18);
+  messageDesc(file_storage_v1_storage, 19);
 
 /**
  * @generated from message storage.v1.GetDownloadUrlResponse
@@ -559,7 +585,7 @@ export type GetDownloadUrlResponse = Message<"storage.v1.GetDownloadUrlResponse"
  * Use `create(GetDownloadUrlResponseSchema)` to create a new message.
  */
 export const GetDownloadUrlResponseSchema: GenMessage<GetDownloadUrlResponse> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 19);
+  messageDesc(file_storage_v1_storage, 20);
 
 /**
  * @generated from message storage.v1.DownloadRequest
@@ -590,7 +616,7 @@ export type DownloadRequest = Message<"storage.v1.DownloadRequest"> & {
  * Use `create(DownloadRequestSchema)` to create a new message.
  */
 export const DownloadRequestSchema: GenMessage<DownloadRequest> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 20);
+  messageDesc(file_storage_v1_storage, 21);
 
 /**
  * @generated from message storage.v1.DownloadResponse
@@ -623,7 +649,7 @@ export type DownloadResponse = Message<"storage.v1.DownloadResponse"> & {
  * Use `create(DownloadResponseSchema)` to create a new message.
  */
 export const DownloadResponseSchema: GenMessage<DownloadResponse> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 21);
+  messageDesc(file_storage_v1_storage, 22);
 
 /**
  * @generated from message storage.v1.DeleteFileRequest
@@ -640,7 +666,7 @@ export type DeleteFileRequest = Message<"storage.v1.DeleteFileRequest"> & {
  * Use `create(DeleteFileRequestSchema)` to create a new message.
  */
 export const DeleteFileRequestSchema: GenMessage<DeleteFileRequest> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 22);
+  messageDesc(file_storage_v1_storage, 23);
 
 /**
  * @generated from message storage.v1.DeleteFileResponse
@@ -653,7 +679,7 @@ export type DeleteFileResponse = Message<"storage.v1.DeleteFileResponse"> & {
  * Use `create(DeleteFileResponseSchema)` to create a new message.
  */
 export const DeleteFileResponseSchema: GenMessage<DeleteFileResponse> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 23);
+  messageDesc(file_storage_v1_storage, 24);
 
 /**
  * StorageService keeps each user's files in object storage (S3/MinIO, or a local
@@ -667,9 +693,10 @@ export const DeleteFileResponseSchema: GenMessage<DeleteFileResponse> = /*@__PUR
  */
 export const StorageService: GenService<{
   /**
-   * Streams one file: the first message carries `metadata`, every later one a
-   * `chunk` of bytes. The file becomes visible only when the stream ends cleanly
-   * and every declared check (size, sha256, limits) passes; otherwise nothing is kept.
+   * Streams one file: the first message carries `metadata`, the next ones `chunk`s
+   * of bytes, and the last one `end` (which may be left out when `metadata` declared
+   * the size). The file becomes visible only when it is complete and every declared
+   * check (size, sha256, limits) passes; otherwise nothing is kept.
    *
    * @generated from rpc storage.v1.StorageService.Upload
    */

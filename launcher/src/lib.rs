@@ -1,0 +1,126 @@
+//! The embedded all-in-one launch: auth-service, storage-service and the gateway in one
+//! process, each configured from the environment exactly as its own binary would be,
+//! wired to each other over loopback, and stopped together.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use strongbox_common::server;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The three configurations, as the environment (and `.env`) sets them.
+pub struct Settings {
+    pub auth: auth_service::Config,
+    pub storage: storage_service::Config,
+    pub gateway: gateway::Config,
+}
+
+impl Settings {
+    pub fn from_env() -> Self {
+        use clap::Parser;
+        Self {
+            auth: auth_service::Config::parse_from(["auth-service"]),
+            storage: storage_service::Config::parse_from(["storage-service"]),
+            gateway: gateway::Config::parse_from(["gateway"]),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(transparent)]
+    Bind(#[from] server::BindError),
+    #[error("auth-service: {0}")]
+    Auth(auth_service::AuthError),
+    #[error("storage-service: {0}")]
+    Storage(storage_service::StorageError),
+    #[error("gateway: {0}")]
+    Gateway(gateway::GatewayError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The address a browser uses for a listen address (`0.0.0.0:8000` → `localhost:8000`).
+pub fn browser_url(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() || addr.ip().is_loopback() {
+        format!("http://localhost:{}", addr.port())
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// Binds all three listeners, wires the services to each other's real addresses, calls
+/// `ready` with the page's URL, and runs until `shutdown` resolves or any part fails;
+/// then stops every part gracefully.
+pub async fn run(
+    mut settings: Settings,
+    shutdown: impl Future<Output = ()> + Send,
+    ready: impl FnOnce(&str),
+) -> Result<(), LaunchError> {
+    let auth_listener = server::bind(settings.auth.listen).await?;
+    let storage_listener = server::bind(settings.storage.listen).await?;
+    let gateway_listener = server::bind(settings.gateway.listen).await?;
+    let auth_url = format!("http://{}", auth_listener.local_addr()?);
+    let storage_url = format!("http://{}", storage_listener.local_addr()?);
+    let page_url = browser_url(gateway_listener.local_addr()?);
+    settings.storage.auth_service_url = auth_url.clone();
+    if std::env::var_os("PUBLIC_BASE_URL").is_none() {
+        settings.storage.public_base_url = page_url.clone();
+    }
+    settings.gateway.auth_service_url = auth_url;
+    settings.gateway.storage_service_url = storage_url;
+
+    let stop = CancellationToken::new();
+    let auth = spawn_part(
+        &stop,
+        auth_listener,
+        |listener, done| auth_service::run(settings.auth, listener, done),
+        LaunchError::Auth,
+    );
+    let storage = spawn_part(
+        &stop,
+        storage_listener,
+        |listener, done| storage_service::run(settings.storage, listener, done),
+        LaunchError::Storage,
+    );
+    let gateway = spawn_part(
+        &stop,
+        gateway_listener,
+        |listener, done| gateway::run(settings.gateway, listener, done),
+        LaunchError::Gateway,
+    );
+    ready(&page_url);
+
+    tokio::select! {
+        () = shutdown => {}
+        () = stop.cancelled() => {}
+    }
+    stop.cancel();
+    let (auth, storage, gateway) = tokio::join!(auth, storage, gateway);
+    for outcome in [gateway, storage, auth] {
+        outcome.map_err(|err| LaunchError::Io(std::io::Error::other(err)))??;
+    }
+    Ok(())
+}
+
+/// Runs one service until `stop` is cancelled; if it ends on its own (an error), it
+/// cancels `stop` so the others shut down too.
+fn spawn_part<Fut, E>(
+    stop: &CancellationToken,
+    listener: TcpListener,
+    run: impl FnOnce(TcpListener, tokio_util::sync::WaitForCancellationFutureOwned) -> Fut,
+    wrap: fn(E) -> LaunchError,
+) -> tokio::task::JoinHandle<Result<(), LaunchError>>
+where
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Send + 'static,
+{
+    let part = run(listener, stop.clone().cancelled_owned());
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        let outcome = part.await.map_err(wrap);
+        stop.cancel();
+        outcome
+    })
+}
