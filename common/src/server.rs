@@ -94,3 +94,43 @@ pub fn exit_with(err: &dyn std::fmt::Display) -> std::process::ExitCode {
     eprintln!("error: {err}");
     std::process::ExitCode::FAILURE
 }
+
+/// The `healthcheck` subcommand: checks the service listening on `listen` (a wildcard
+/// address means this host) and turns its health into an exit code.
+pub async fn healthcheck(listen: std::net::SocketAddr) -> std::process::ExitCode {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let mut target = listen;
+    if target.ip().is_unspecified() {
+        target.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let check = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{target}"))?
+            .connect()
+            .await?;
+        let response = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?;
+        Ok::<_, Box<dyn std::error::Error>>(response.into_inner().status())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), check).await {
+        Ok(Ok(ServingStatus::Serving)) => {
+            println!("SERVING");
+            std::process::ExitCode::SUCCESS
+        }
+        Ok(Ok(status)) => {
+            println!("{}", status.as_str_name());
+            std::process::ExitCode::FAILURE
+        }
+        Ok(Err(err)) => {
+            eprintln!("unhealthy: {err}");
+            std::process::ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("unhealthy: no answer from {target} within 5 s");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use strongbox_common::config::Command;
+
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "gateway",
@@ -11,6 +13,10 @@ use std::time::Duration;
     about = "The Strongbox front door: gRPC, grpc-web, the upload page and download links on one port"
 )]
 pub struct Config {
+    /// `healthcheck`, or nothing to serve.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address the gateway listens on (native gRPC, grpc-web and the page share it).
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:8000")]
     pub listen: SocketAddr,

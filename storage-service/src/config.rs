@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use strongbox_common::config::DataDirArgs;
+use strongbox_common::config::{Command, DataDirArgs};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -16,6 +16,10 @@ const MIB: u64 = 1024 * 1024;
     about = "Strongbox file storage over gRPC: streaming uploads into S3 or a local directory"
 )]
 pub struct Config {
+    /// `healthcheck`, or nothing to serve.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address the gRPC server listens on.
     #[arg(long, env = "STORAGE_LISTEN", default_value = "127.0.0.1:50052")]
     pub listen: SocketAddr,

@@ -26,7 +26,18 @@ impl TestS3 {
 
     /// Starts (or restarts) an S3 server over `root`, on `port` if given.
     pub fn start_at(root: PathBuf, port: Option<u16>) -> Self {
+        Self::start_with_credentials(root, port, ACCESS_KEY, SECRET_KEY)
+    }
+
+    /// Like [`TestS3::start_at`], accepting only the given credentials.
+    pub fn start_with_credentials(
+        root: PathBuf,
+        port: Option<u16>,
+        access_key: &str,
+        secret_key: &str,
+    ) -> Self {
         std::fs::create_dir_all(&root).expect("an S3 root");
+        let (access_key, secret_key) = (access_key.to_owned(), secret_key.to_owned());
         let fs_root = root.clone();
         let service = RunningService::start_on(
             port.unwrap_or(0),
@@ -34,7 +45,7 @@ impl TestS3 {
             move |listener, mut stopped| async move {
                 let fs = s3s_fs::FileSystem::new(&fs_root).map_err(|err| format!("{err:?}"))?;
                 let mut builder = S3ServiceBuilder::new(fs);
-                builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+                builder.set_auth(SimpleAuth::from_single(access_key, secret_key));
                 let s3 = builder.build();
                 let http = ConnectionBuilder::new(TokioExecutor::new());
                 loop {

@@ -1,0 +1,392 @@
+//! docker-compose.yml, proven without a Docker engine: every variable it gives a
+//! service is one that service's configuration declares, its addresses and ports line
+//! up, and the three real binaries, started with exactly its environment (service names
+//! mapped to loopback, MinIO played by a real S3 server), come up healthy through their
+//! own `healthcheck` subcommand and complete an upload.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::CommandFactory;
+use strongbox_proto::auth::v1::auth_service_client::AuthServiceClient;
+use strongbox_proto::auth::v1::{LoginRequest, RegisterRequest};
+use strongbox_proto::storage::v1::FileMetadata;
+use strongbox_proto::storage::v1::storage_service_client::StorageServiceClient;
+use strongbox_tests::Scratch;
+use strongbox_tests::auth::with_bearer;
+use strongbox_tests::s3::TestS3;
+use strongbox_tests::storage::{User, metadata, pseudo_random, sha256_hex};
+use strongbox_tests::tools::workspace_binary;
+use yaml_rust2::{Yaml, YamlLoader};
+
+const SERVICES: [&str; 3] = ["auth-service", "storage-service", "gateway"];
+/// Read by telemetry in every service rather than declared by a config struct.
+const SHARED_VARIABLES: [&str; 1] = ["RUST_LOG"];
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The compose file, with `${VAR:-default}` resolved from `.env.example` (the README's
+/// setup copies it to `.env`), else from the default.
+struct Compose {
+    root: Yaml,
+    dotenv: BTreeMap<String, String>,
+}
+
+impl Compose {
+    fn load() -> Self {
+        let text = std::fs::read_to_string(workspace().join("docker-compose.yml")).unwrap();
+        let root = YamlLoader::load_from_str(&text).unwrap().remove(0);
+        let dotenv = dotenvy::from_path_iter(workspace().join(".env.example"))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        Self { root, dotenv }
+    }
+
+    fn service(&self, name: &str) -> &Yaml {
+        let service = &self.root["services"][name];
+        assert!(
+            !service.is_badvalue(),
+            "docker-compose.yml has no service {name}"
+        );
+        service
+    }
+
+    fn environment(&self, name: &str) -> BTreeMap<String, String> {
+        let environment = self.service(name)["environment"]
+            .as_hash()
+            .expect("a map of variables");
+        environment
+            .iter()
+            .map(|(key, value)| {
+                let raw = match value {
+                    Yaml::String(text) => text.clone(),
+                    Yaml::Integer(number) => number.to_string(),
+                    other => panic!("{name}: unexpected value {other:?}"),
+                };
+                (key.as_str().unwrap().to_owned(), self.interpolate(&raw))
+            })
+            .collect()
+    }
+
+    fn interpolate(&self, raw: &str) -> String {
+        let Some(inner) = raw
+            .strip_prefix("${")
+            .and_then(|rest| rest.strip_suffix('}'))
+        else {
+            return raw.to_owned();
+        };
+        let (variable, default) = inner.split_once(":-").unwrap_or((inner, ""));
+        self.dotenv
+            .get(variable)
+            .cloned()
+            .unwrap_or_else(|| default.to_owned())
+    }
+
+    fn strings(&self, service: &str, field: &str) -> Vec<String> {
+        self.service(service)[field]
+            .as_vec()
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|item| item.as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The environment variables a service's configuration declares.
+fn declared_variables(service: &str) -> Vec<String> {
+    let command = match service {
+        "auth-service" => auth_service::Config::command(),
+        "storage-service" => storage_service::Config::command(),
+        "gateway" => gateway::Config::command(),
+        other => panic!("unknown service {other}"),
+    };
+    command
+        .get_arguments()
+        .filter_map(|arg| arg.get_env())
+        .map(|env| env.to_string_lossy().into_owned())
+        .collect()
+}
+
+fn port_of(address: &str) -> u16 {
+    address
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn every_variable_is_one_the_service_accepts() {
+    let compose = Compose::load();
+    for service in SERVICES {
+        let declared = declared_variables(service);
+        for variable in compose.environment(service).keys() {
+            assert!(
+                declared.contains(variable) || SHARED_VARIABLES.contains(&variable.as_str()),
+                "docker-compose.yml gives {service} {variable}, which its configuration does not declare"
+            );
+        }
+    }
+}
+
+#[test]
+fn addresses_ports_credentials_and_healthchecks_line_up() {
+    let compose = Compose::load();
+    let auth = compose.environment("auth-service");
+    let storage = compose.environment("storage-service");
+    let gateway = compose.environment("gateway");
+    let minio = compose.environment("minio");
+
+    let auth_url = format!("http://auth-service:{}", port_of(&auth["AUTH_LISTEN"]));
+    let storage_url = format!(
+        "http://storage-service:{}",
+        port_of(&storage["STORAGE_LISTEN"])
+    );
+    assert_eq!(storage["AUTH_SERVICE_URL"], auth_url);
+    assert_eq!(gateway["AUTH_SERVICE_URL"], auth_url);
+    assert_eq!(gateway["STORAGE_SERVICE_URL"], storage_url);
+    assert_eq!(storage["STORAGE_ENDPOINT"], "http://minio:9000");
+    assert!(
+        compose
+            .strings("minio", "ports")
+            .contains(&"9000:9000".to_owned())
+    );
+    assert_eq!(
+        storage["STORAGE_PUBLIC_ENDPOINT"], "http://localhost:9000",
+        "browsers reach MinIO's published port"
+    );
+    let gateway_port = port_of(&gateway["GATEWAY_LISTEN"]);
+    assert!(
+        compose
+            .strings("gateway", "ports")
+            .contains(&format!("{gateway_port}:{gateway_port}"))
+    );
+    assert_eq!(
+        storage["PUBLIC_BASE_URL"],
+        format!("http://localhost:{gateway_port}")
+    );
+    assert_eq!(minio["MINIO_ROOT_USER"], storage["STORAGE_ACCESS_KEY"]);
+    assert_eq!(minio["MINIO_ROOT_PASSWORD"], storage["STORAGE_SECRET_KEY"]);
+
+    for service in SERVICES {
+        let test = compose.strings_in(service, "healthcheck", "test");
+        assert_eq!(
+            test,
+            ["CMD", service, "healthcheck"],
+            "{service}'s healthcheck uses its own subcommand"
+        );
+    }
+    for (service, environment) in [("auth-service", &auth), ("storage-service", &storage)] {
+        let data = &environment["DATA_DIR"];
+        let volumes = compose.strings(service, "volumes");
+        assert!(
+            volumes
+                .iter()
+                .any(|volume| volume.ends_with(&format!(":{data}")) && !volume.starts_with('.')),
+            "{service} keeps DATA_DIR ({data}) in a named volume: {volumes:?}"
+        );
+    }
+}
+
+impl Compose {
+    fn strings_in(&self, service: &str, section: &str, field: &str) -> Vec<String> {
+        self.service(service)[section][field]
+            .as_vec()
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|item| item.as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Child(tokio::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.start_kill();
+    }
+}
+
+/// Replaces compose's network names and published ports with this machine's.
+fn localize(value: &str, renames: &[(String, String)]) -> String {
+    renames.iter().fold(value.to_owned(), |value, (from, to)| {
+        value.replace(from, to)
+    })
+}
+
+fn free_port() -> u16 {
+    strongbox_tests::reserve_port(0)
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_healthy(binary: &Path, environment: &BTreeMap<String, String>, service: &str) {
+    for _ in 0..150 {
+        let status = tokio::process::Command::new(binary)
+            .arg("healthcheck")
+            .env_clear()
+            .envs(environment)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .unwrap();
+        if status.success() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{service} never reported SERVING through `{service} healthcheck`");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binaries_run_with_exactly_the_compose_environment() {
+    let compose = Compose::load();
+    let scratch = Scratch::new();
+    let storage_env = compose.environment("storage-service");
+    let s3 = TestS3::start_with_credentials(
+        scratch.join("minio"),
+        None,
+        &storage_env["STORAGE_ACCESS_KEY"],
+        &storage_env["STORAGE_SECRET_KEY"],
+    );
+    let (auth_port, storage_port, gateway_port) = (free_port(), free_port(), free_port());
+    let s3_address = s3.service.addr.to_string();
+    let renames = [
+        (
+            "auth-service:50051".to_owned(),
+            format!("127.0.0.1:{auth_port}"),
+        ),
+        (
+            "storage-service:50052".to_owned(),
+            format!("127.0.0.1:{storage_port}"),
+        ),
+        ("minio:9000".to_owned(), s3_address.clone()),
+        (
+            "localhost:9000".to_owned(),
+            format!("localhost:{}", s3.service.addr.port()),
+        ),
+        (
+            "localhost:8000".to_owned(),
+            format!("localhost:{gateway_port}"),
+        ),
+        ("0.0.0.0:50051".to_owned(), format!("127.0.0.1:{auth_port}")),
+        (
+            "0.0.0.0:50052".to_owned(),
+            format!("127.0.0.1:{storage_port}"),
+        ),
+        (
+            "0.0.0.0:8000".to_owned(),
+            format!("127.0.0.1:{gateway_port}"),
+        ),
+    ];
+
+    let mut children = Vec::new();
+    for service in SERVICES {
+        let binary = workspace_binary(service);
+        let mut environment: BTreeMap<String, String> = compose
+            .environment(service)
+            .iter()
+            .map(|(key, value)| (key.clone(), localize(value, &renames)))
+            .collect();
+        if environment.contains_key("DATA_DIR") {
+            environment.insert(
+                "DATA_DIR".into(),
+                scratch.join(service).display().to_string(),
+            );
+        }
+        let child = tokio::process::Command::new(&binary)
+            .env_clear()
+            .envs(&environment)
+            .current_dir(scratch.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        children.push(Child(child));
+        wait_healthy(&binary, &environment, service).await;
+    }
+
+    let gateway =
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{gateway_port}"))
+            .unwrap()
+            .connect_lazy();
+    let mut auth = AuthServiceClient::new(gateway.clone());
+    let credentials = ("compose@example.com", "a compose password");
+    auth.register(RegisterRequest {
+        email: credentials.0.into(),
+        password: credentials.1.into(),
+    })
+    .await
+    .unwrap();
+    let tokens = auth
+        .login(LoginRequest {
+            email: credentials.0.into(),
+            password: credentials.1.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap();
+    let me = auth
+        .me(with_bearer(
+            strongbox_proto::auth::v1::MeRequest {},
+            &tokens.access_token,
+        ))
+        .await
+        .unwrap();
+    let user = User {
+        storage: StorageServiceClient::new(gateway),
+        token: tokens.access_token,
+        id: uuid::Uuid::parse_str(&me.into_inner().user.unwrap().id).unwrap(),
+    };
+    let content = pseudo_random(3 * 1024 * 1024, 21);
+    let declared = FileMetadata {
+        size: Some(content.len() as u64),
+        ..metadata("compose.bin", "")
+    };
+    let uploaded = user
+        .upload(declared, vec![Bytes::from(content.clone())])
+        .await
+        .unwrap();
+    assert_eq!(uploaded.sha256, sha256_hex(&content));
+    // The download URL is signed for the public endpoint, and works there.
+    let url = url::Url::parse(&uploaded.url).unwrap();
+    assert_eq!(url.host_str(), Some("localhost"));
+    assert_eq!(url.port(), Some(s3.service.addr.port()));
+    let fetched = reqwest::get(url).await.unwrap();
+    assert_eq!(fetched.status(), 200);
+    assert!(fetched.bytes().await.unwrap() == content);
+    drop(children);
+}
+
+#[test]
+fn the_readme_documents_every_variable() {
+    let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
+    for service in SERVICES {
+        for variable in declared_variables(service) {
+            assert!(
+                readme.contains(&format!("| `{variable}` |")),
+                "README.md's configuration table lacks {variable} ({service})"
+            );
+        }
+    }
+}
