@@ -108,7 +108,13 @@ impl Upstream {
             headers.remove(hop_by_hop);
         }
         headers.remove("keep-alive");
+        // grpc-web text bodies shrink when tonic-web decodes their base64, yet its body
+        // still reports the original length as its size hint, which hyper would send as
+        // Content-Length (and the upstream would reject the stream). gRPC frames carry
+        // their own lengths: forward the body with no length at all.
+        headers.remove(header::CONTENT_LENGTH);
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        let request = request.map(|body| Body::from_stream(body.into_data_stream()));
         match self.client.request(request).await {
             Ok(response) => response.map(Body::new),
             Err(err) => {

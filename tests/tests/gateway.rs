@@ -513,3 +513,80 @@ async fn the_page_and_plain_http_routes() {
     let other = preflight("https://evil.example.com").await.unwrap();
     assert!(!other.headers().contains_key("access-control-allow-origin"));
 }
+
+/// grpc-web's text mode (base64 frames, as older browser clients send), spoken by hand
+/// over plain HTTP/1.1 so the framing itself is what is tested.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_web_text_mode_works_over_plain_http() {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use prost::Message;
+    use strongbox_proto::auth::v1::GetPublicKeysResponse;
+
+    let system = System::start(Backend::Local).await;
+    let call = |method: &'static str, message: Vec<u8>| {
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&message);
+        reqwest::Client::new()
+            .post(format!("{}/auth.v1.AuthService/{method}", system.url()))
+            .header("content-type", "application/grpc-web-text")
+            .header("accept", "application/grpc-web-text")
+            .header("x-grpc-web", "1")
+            .body(STANDARD.encode(frame))
+            .send()
+    };
+    // The body may be several base64 segments, each padded on its own.
+    let parse_frames = |body: String| -> Vec<(u8, Vec<u8>)> {
+        let mut bytes = Vec::new();
+        let mut segment = String::new();
+        for group in body.as_bytes().chunks(4) {
+            segment.push_str(std::str::from_utf8(group).unwrap());
+            if group.contains(&b'=') {
+                bytes.extend(STANDARD.decode(&segment).unwrap());
+                segment.clear();
+            }
+        }
+        bytes.extend(STANDARD.decode(&segment).unwrap());
+        let mut frames = Vec::new();
+        let mut at = 0;
+        while at + 5 <= bytes.len() {
+            let length = u32::from_be_bytes(bytes[at + 1..at + 5].try_into().unwrap()) as usize;
+            frames.push((bytes[at], bytes[at + 5..at + 5 + length].to_vec()));
+            at += 5 + length;
+        }
+        frames
+    };
+
+    let response = call("GetPublicKeys", Vec::new()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/grpc-web-text")
+    );
+    let frames = parse_frames(response.text().await.unwrap());
+    let (flag, message) = &frames[0];
+    assert_eq!(*flag, 0, "a data frame first");
+    let keys = GetPublicKeysResponse::decode(message.as_slice()).unwrap();
+    assert_eq!(keys.keys.len(), 1);
+    assert_eq!(keys.keys[0].alg, "EdDSA");
+    let (flag, trailers) = frames.last().unwrap();
+    assert_eq!(*flag, 0x80, "trailers last");
+    assert!(String::from_utf8_lossy(trailers).contains("grpc-status:0"));
+
+    let login = LoginRequest {
+        email: "nobody@example.com".into(),
+        password: PASSWORD.into(),
+    };
+    // An error comes back "trailers-only": the status is in the response headers.
+    let refused = call("Login", login.encode_to_vec()).await.unwrap();
+    assert_eq!(refused.headers()["grpc-status"], "16", "UNAUTHENTICATED");
+    assert!(
+        refused.headers()["grpc-message"]
+            .to_str()
+            .unwrap()
+            .contains("incorrect")
+    );
+}
