@@ -4,6 +4,7 @@
 #   web/node_modules  npm ci: buf, protoc-gen-es, esbuild, typescript, playwright-core
 #   chromium        Debian's package, driven by playwright-core          → /usr/bin/chromium
 #   docker-compose  Debian's package, to validate docker-compose.yml (no engine needed)
+#   jq              Debian's package; the README's grpcurl examples use it
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools="$PWD/.tools"
@@ -33,6 +34,7 @@ ln -sf "$PWD/web/node_modules/.bin/buf" "$tools/bin/buf"
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+command -v jq >/dev/null 2>&1 || missing+=(jq)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]} (Debian packages)"
     if [ "$(id -u)" -ne 0 ]; then

@@ -590,3 +590,48 @@ async fn grpc_web_text_mode_works_over_plain_http() {
             .contains("incorrect")
     );
 }
+
+/// The README's grpcurl examples, run as they stand (with the gateway's real address),
+/// so the README cannot drift from what the system does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_grpcurl_examples_work() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let section = &readme[readme.find("## grpcurl").expect("a grpcurl section")..];
+    let start = section.find("```sh\n").expect("a shell block") + "```sh\n".len();
+    let script = &section[start..start + section[start..].find("\n```").unwrap()];
+    let system = System::start(Backend::Local).await;
+    let script = script.replace("localhost:8000", &system.gateway.addr.to_string());
+    let grpcurl_dir = strongbox_tests::tools::find("grpcurl")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        grpcurl_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let output = tokio::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .env("PATH", path)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for expected in [
+        "auth.v1.AuthService",
+        "you@example.com",
+        "\"filename\": \"hello.txt\"",
+        "\"size\": \"13\"",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "{expected} missing from:\n{stdout}"
+        );
+    }
+}
