@@ -194,6 +194,7 @@ mod tests {
         assert_eq!(safe("../../etc/passwd"), "etc_passwd");
         assert_eq!(safe("evil\u{0}name\n.txt"), "evilname.txt");
         assert_eq!(safe("invoice\u{202e}fdp.exe"), "invoice_fdp.exe");
+        assert_eq!(safe("a..b"), "a..b");
     }
 
     #[test]
@@ -247,5 +248,46 @@ mod tests {
         assert!(Sha256Hex::parse(&"A".repeat(64)).is_ok());
         assert!(Sha256Hex::parse("abc").is_err());
         assert!(Sha256Hex::parse(&"g".repeat(64)).is_err());
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Whatever a client calls its file, the key part is short, plain ASCII, not
+        /// hidden, and round-trips as a key of its owner only.
+        #[test]
+        fn any_name_becomes_a_safe_key_of_its_owner_only(original in any::<String>(), seconds in 0u64..10_000_000_000) {
+            let safe = SafeName::from_original(&original);
+            let name = safe.as_str();
+            prop_assert!(!name.is_empty() && name.len() <= MAX_SAFE_NAME_BYTES);
+            prop_assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || SAFE_PUNCTUATION.contains(c)));
+            // Not hidden, and never `.` or `..` (inner dots, as in `a..b`, are harmless
+            // without a separator).
+            prop_assert!(!name.starts_with('.'));
+            let owner = Uuid::new_v4();
+            let key = ObjectKey::generate(owner, &safe, seconds).unwrap();
+            prop_assert_eq!(key.as_str().matches('/').count(), 1);
+            prop_assert_eq!(ObjectKey::parse_for(owner, key.as_str()).unwrap(), key.clone());
+            prop_assert!(ObjectKey::parse_for(Uuid::new_v4(), key.as_str()).is_err());
+            // object_store would percent-encode anything unusual; a safe key needs none.
+            let path = key.path();
+            prop_assert_eq!(path.as_ref(), key.as_str());
+        }
+
+        /// Arbitrary text offered as a key never parses unless it is a plausible key in
+        /// the caller's namespace.
+        #[test]
+        fn foreign_or_malformed_keys_never_parse(raw in any::<String>()) {
+            let user = Uuid::new_v4();
+            if let Ok(key) = ObjectKey::parse_for(user, &raw) {
+                let namespace = format!("{user}/");
+                prop_assert!(key.as_str().starts_with(&namespace));
+            }
+        }
     }
 }
