@@ -134,3 +134,30 @@ pub async fn healthcheck(listen: std::net::SocketAddr) -> std::process::ExitCode
         }
     }
 }
+
+/// The whole `main` of a service binary, after its configuration is parsed: answer
+/// `healthcheck`, or set up telemetry, bind `listen` and run the service until
+/// SIGINT/SIGTERM. `serve` is the service's `run`.
+pub async fn run_binary<F, Fut, E>(
+    listen: std::net::SocketAddr,
+    command: Option<crate::config::Command>,
+    serve: F,
+) -> std::process::ExitCode
+where
+    F: FnOnce(TcpListener, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    if command == Some(crate::config::Command::Healthcheck) {
+        return healthcheck(listen).await;
+    }
+    crate::telemetry::init();
+    let listener = match bind(listen).await {
+        Ok(listener) => listener,
+        Err(err) => return exit_with(&err),
+    };
+    match serve(listener, Box::pin(crate::shutdown::signal())).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => exit_with(&err),
+    }
+}

@@ -68,20 +68,8 @@ impl Index {
     }
 
     pub async fn insert_file(&self, file: &FileRow) -> Result<(), StorageError> {
-        sqlx::query(
-            "INSERT INTO files (key, user_id, filename, content_type, size, sha256, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&file.key)
-        .bind(&file.user_id)
-        .bind(&file.filename)
-        .bind(&file.content_type)
-        .bind(file.size)
-        .bind(&file.sha256)
-        .bind(file.created_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut connection = self.pool.acquire().await?;
+        insert_file(&mut connection, file).await
     }
 
     pub async fn file(&self, user: Uuid, key: &ObjectKey) -> Result<FileRow, StorageError> {
@@ -244,19 +232,7 @@ impl Index {
     /// Turns a completed session into its file row, in one transaction.
     pub async fn complete_session(&self, id: &str, file: &FileRow) -> Result<(), StorageError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query(
-            "INSERT INTO files (key, user_id, filename, content_type, size, sha256, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&file.key)
-        .bind(&file.user_id)
-        .bind(&file.filename)
-        .bind(&file.content_type)
-        .bind(file.size)
-        .bind(&file.sha256)
-        .bind(file.created_at)
-        .execute(&mut *tx)
-        .await?;
+        insert_file(&mut tx, file).await?;
         sqlx::query("DELETE FROM upload_sessions WHERE id = ?")
             .bind(id)
             .execute(&mut *tx)
@@ -282,4 +258,24 @@ impl Index {
                 .await?;
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
+}
+
+async fn insert_file(
+    connection: &mut sqlx::SqliteConnection,
+    file: &FileRow,
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "INSERT INTO files (key, user_id, filename, content_type, size, sha256, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&file.key)
+    .bind(&file.user_id)
+    .bind(&file.filename)
+    .bind(&file.content_type)
+    .bind(file.size)
+    .bind(&file.sha256)
+    .bind(file.created_at)
+    .execute(connection)
+    .await?;
+    Ok(())
 }
