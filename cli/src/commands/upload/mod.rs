@@ -1,0 +1,177 @@
+//! `upload PATH...`: files and folders, one file at a time, each with its own progress
+//! bar (and a total bar for several).
+//!
+//! Files up to [`RESUMABLE_THRESHOLD`] go in one streaming call ([`streaming`]); larger
+//! ones through a resumable session ([`resumable`]), since re-sending gigabytes after a
+//! dropped connection is the failure users notice. One file's failure does not stop the
+//! others, unless it is one every later file would hit too (the session expired, the
+//! server is down).
+
+mod local;
+mod resumable;
+mod streaming;
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use strongbox_proto::storage::v1::{FileInfo, UploadResponse};
+
+use crate::commands::Context;
+use crate::errors::CliError;
+use crate::output::human_size;
+use crate::pending_uploads::PendingUploads;
+use crate::progress::Progress;
+use crate::session::Session;
+use local::{LocalFile, Skipped};
+
+/// Files larger than this use a resumable session.
+pub const RESUMABLE_THRESHOLD: u64 = 8 * 1024 * 1024;
+
+/// A stored file, as the command reports it.
+#[derive(Debug, Serialize)]
+pub struct Uploaded {
+    path: PathBuf,
+    filename: String,
+    key: String,
+    size: u64,
+    sha256: String,
+    content_type: String,
+    /// `stream` or `resumable`.
+    method: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resumed_from: Option<u64>,
+}
+
+impl Uploaded {
+    fn streamed(file: &LocalFile, stored: UploadResponse) -> Self {
+        Self {
+            path: file.shown.clone(),
+            filename: stored.filename,
+            key: stored.key,
+            size: stored.size,
+            sha256: stored.sha256,
+            content_type: stored.content_type,
+            method: "stream",
+            resumed_from: None,
+        }
+    }
+
+    fn resumable(file: &LocalFile, stored: FileInfo, resumed_from: Option<u64>) -> Self {
+        Self {
+            path: file.shown.clone(),
+            filename: stored.filename,
+            key: stored.key,
+            size: stored.size,
+            sha256: stored.sha256,
+            content_type: stored.content_type,
+            method: "resumable",
+            resumed_from,
+        }
+    }
+
+    fn describe(&self) -> String {
+        let resumed = self
+            .resumed_from
+            .map(|offset| format!(", resumed at {}", human_size(offset)))
+            .unwrap_or_default();
+        format!(
+            "uploaded {} as {} ({}, sha256 {}{resumed})",
+            self.path.display(),
+            self.key,
+            human_size(self.size),
+            self.sha256
+        )
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Failed {
+    path: PathBuf,
+    error: serde_json::Value,
+}
+
+/// The `--json` document.
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    uploaded: Vec<Uploaded>,
+    failed: Vec<Failed>,
+    skipped: Vec<Skipped>,
+}
+
+pub async fn upload(context: &Context, paths: &[PathBuf]) -> Result<(), CliError> {
+    let mut session = Session::resume(context).await?;
+    let found = local::find(paths.to_vec()).await?;
+    for skipped in &found.skipped {
+        let message = format!("skipped {}: {}", skipped.path.display(), skipped.reason);
+        context.out.warn(&message);
+    }
+    if found.files.is_empty() {
+        return Err(CliError::Refused(
+            "nothing to upload: the paths hold no regular files".into(),
+        ));
+    }
+
+    let pending = PendingUploads::new(context.dir.clone());
+    let progress = Progress::new(context.out.shows_progress());
+    let several = found.files.len() > 1;
+    let total = several.then(|| {
+        let bytes = found.files.iter().map(|file| file.size).sum();
+        progress.total(found.files.len(), bytes)
+    });
+    let mut report = Report {
+        skipped: found.skipped,
+        ..Report::default()
+    };
+    let mut first_failure = None;
+    for file in &found.files {
+        let transfer = progress.transfer(&file.name, file.size, total.as_ref());
+        let outcome = if file.size > RESUMABLE_THRESHOLD {
+            resumable::upload(&mut session, &pending, file, &transfer).await
+        } else {
+            streaming::upload(&mut session, file, &transfer).await
+        };
+        transfer.done();
+        match outcome {
+            Ok(uploaded) => {
+                progress.suspend(|| context.out.progress_line(&uploaded.describe()));
+                report.uploaded.push(uploaded);
+            }
+            Err(err) => {
+                let stop = err.stops_everything();
+                // A lone failure, or one that ends the batch, is reported once, as the
+                // command's error; others are listed as they happen.
+                if several && !stop && !context.out.is_json() {
+                    progress.suspend(|| report_file_error(&file.shown, &err));
+                }
+                report.failed.push(Failed {
+                    path: file.shown.clone(),
+                    error: err.to_json(),
+                });
+                first_failure.get_or_insert(err);
+                if stop {
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(total) = total {
+        total.finish_and_clear();
+    }
+    if context.out.is_json() {
+        context.out.result(&report, String::new);
+    }
+    match first_failure {
+        None => Ok(()),
+        Some(err) if !several || err.stops_everything() => Err(err),
+        Some(err) => Err(CliError::UploadsFailed {
+            failed: report.failed.len(),
+            total: found.files.len(),
+            exit_code: err.exit_code(),
+        }),
+    }
+}
+
+fn report_file_error(path: &Path, err: &CliError) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "error: {}: {err}", path.display());
+}
