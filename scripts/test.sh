@@ -30,5 +30,10 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --workspace
 fi
+echo "== benchmark harness, quick mode (numbers discarded: this only keeps it working)"
+bench_out=$(mktemp)
+cargo run --quiet -p strongbox-tests --bin strongbox-bench -- --quick --out "$bench_out" >/dev/null
+grep -q '| 16 MiB | 4 |' "$bench_out"
+rm -f "$bench_out"
 echo "== browser end-to-end"
 ./scripts/e2e.sh
