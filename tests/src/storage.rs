@@ -256,3 +256,42 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// Starts an upload of `chunks` MiB to `url` (metadata without a size, then chunks,
+/// then silence), and makes the client vanish mid-stream: the client runs on a runtime
+/// of its own, and dropping that runtime closes its connection, which is what a crashed
+/// or disconnected client looks like to the server.
+pub fn upload_then_vanish(url: String, token: String, filename: &str, chunks: u64) {
+    let filename = filename.to_owned();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a client runtime");
+        runtime.block_on(async move {
+            let channel = tonic::transport::Endpoint::from_shared(url)
+                .expect("a URL")
+                .connect_lazy();
+            let mut client = StorageServiceClient::new(channel);
+            let meta = upload_request::Payload::Metadata(metadata(&filename, ""));
+            let chunks = (0..chunks).map(|seed| {
+                upload_request::Payload::Chunk(Bytes::from(pseudo_random(1024 * 1024, seed)))
+            });
+            let messages = std::iter::once(meta)
+                .chain(chunks)
+                .map(|payload| UploadRequest {
+                    payload: Some(payload),
+                });
+            let stream = futures::stream::iter(messages).chain(futures::stream::pending());
+            let upload = client.upload(with_bearer(stream, &token));
+            let outcome = tokio::time::timeout(std::time::Duration::from_millis(700), upload).await;
+            assert!(
+                outcome.is_err(),
+                "the upload must still be waiting for more bytes: {outcome:?}"
+            );
+        });
+        drop(runtime);
+    })
+    .join()
+    .expect("the vanishing client ran");
+}

@@ -5,18 +5,17 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use http::header;
 use strongbox_proto::auth::v1::auth_service_client::AuthServiceClient;
 use strongbox_proto::auth::v1::{LoginRequest, MeRequest, RegisterRequest};
 use strongbox_proto::storage::v1::storage_service_client::StorageServiceClient;
 use strongbox_proto::storage::v1::{
     CompleteUploadRequest, CreateUploadRequest, DeleteFileRequest, FileMetadata,
-    GetDownloadUrlRequest, ListFilesRequest, UploadChunkRequest, UploadRequest, upload_request,
+    GetDownloadUrlRequest, ListFilesRequest, UploadChunkRequest,
 };
 use strongbox_tests::auth::{PASSWORD, with_bearer};
 use strongbox_tests::gateway::System;
-use strongbox_tests::storage::{Backend, metadata, pseudo_random, sha256_hex};
+use strongbox_tests::storage::{Backend, metadata, pseudo_random, sha256_hex, upload_then_vanish};
 use strongbox_tests::tools::{grpcurl, grpcurl_ok};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -152,42 +151,7 @@ async fn tokens_are_checked_at_the_gateway_before_any_upstream_is_touched() {
 async fn an_upload_cut_off_at_the_gateway_stores_nothing() {
     let system = System::start(Backend::Local).await;
     let user = system.user("cutoff").await;
-    let url = system.url();
-    let token = user.token.clone();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let channel = tonic::transport::Endpoint::from_shared(url)
-                .unwrap()
-                .connect_lazy();
-            let mut client = StorageServiceClient::new(channel);
-            let meta = upload_request::Payload::Metadata(metadata("cut.bin", ""));
-            let chunks = (0..8).map(|seed| {
-                upload_request::Payload::Chunk(Bytes::from(pseudo_random(1024 * 1024, seed)))
-            });
-            let messages = std::iter::once(meta)
-                .chain(chunks)
-                .map(|payload| UploadRequest {
-                    payload: Some(payload),
-                });
-            let stream = futures::stream::iter(messages).chain(futures::stream::pending());
-            let outcome = tokio::time::timeout(
-                Duration::from_millis(700),
-                client.upload(with_bearer(stream, &token)),
-            )
-            .await;
-            assert!(
-                outcome.is_err(),
-                "the upload must still be waiting: {outcome:?}"
-            );
-        });
-        drop(runtime); // the client vanishes mid-stream
-    })
-    .join()
-    .unwrap();
+    upload_then_vanish(system.url(), user.token.clone(), "cut.bin", 8);
     assert!(
         user.list_all().await.is_empty(),
         "a truncated upload became a file"

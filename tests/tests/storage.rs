@@ -6,14 +6,13 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use strongbox_proto::storage::v1::{
     AbortUploadRequest, CompleteUploadRequest, CreateUploadRequest, DeleteFileRequest,
     DownloadRequest, FileMetadata, GetDownloadUrlRequest, GetUploadStatusRequest, ListFilesRequest,
     StatFileRequest, UploadChunkRequest, UploadEnd, UploadRequest, upload_request,
 };
 use strongbox_tests::storage::{
-    Backend, Stack, User, download_with, metadata, pseudo_random, sha256_hex,
+    Backend, Stack, User, download_with, metadata, pseudo_random, sha256_hex, upload_then_vanish,
 };
 use tonic::{Code, Request};
 
@@ -524,46 +523,8 @@ async fn same_name_uploads_at_once_get_distinct_keys(backend: Backend) {
 async fn a_cancelled_upload_leaves_nothing_behind(backend: Backend) {
     let stack = Stack::start(backend, |_| {}).await;
     let user = stack.user("cancel").await;
-    // The client runs on a runtime of its own; dropping that runtime mid-stream closes
-    // its connection, which is what a crashed or disconnected client looks like.
-    let url = stack.storage.url();
-    let token = user.token.clone();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let channel = tonic::transport::Endpoint::from_shared(url)
-                .unwrap()
-                .connect_lazy();
-            let mut client =
-                strongbox_proto::storage::v1::storage_service_client::StorageServiceClient::new(
-                    channel,
-                );
-            let meta = upload_request::Payload::Metadata(metadata("partial.bin", ""));
-            // Enough for at least one 5 MiB part to reach the store, then silence.
-            let chunks = (0..12).map(|seed| {
-                upload_request::Payload::Chunk(Bytes::from(pseudo_random(1024 * 1024, seed)))
-            });
-            let messages = std::iter::once(meta)
-                .chain(chunks)
-                .map(|payload| UploadRequest {
-                    payload: Some(payload),
-                });
-            let stream = futures::stream::iter(messages).chain(futures::stream::pending());
-            let request = strongbox_tests::auth::with_bearer(stream, &token);
-            let outcome =
-                tokio::time::timeout(Duration::from_millis(700), client.upload(request)).await;
-            assert!(
-                outcome.is_err(),
-                "the upload must still be waiting for more bytes: {outcome:?}"
-            );
-        });
-        drop(runtime);
-    })
-    .join()
-    .unwrap();
+    // Enough for at least one 5 MiB part to reach the store before the client vanishes.
+    upload_then_vanish(stack.storage.url(), user.token.clone(), "partial.bin", 12);
     assert!(user.list_all().await.is_empty());
     let left = stack.settle_stored_files(0).await;
     assert!(left.is_empty(), "left behind: {left:?}");
