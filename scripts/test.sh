@@ -25,6 +25,9 @@ fi
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== tests"
+# Some suites start the real binaries (compose, CLI, gateway memory): build them first,
+# so no test spends its time budget compiling.
+cargo build --quiet --workspace --bins
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --profile ci
 else
