@@ -157,14 +157,6 @@ impl AuthApi {
             refresh_expires_in: seconds(self.refresh_ttl),
         })
     }
-
-    async fn caller<T>(&self, request: &Request<T>) -> Result<Uuid, Status> {
-        Ok(self
-            .verifier
-            .authenticate(request.metadata())
-            .await?
-            .user_id)
-    }
 }
 
 #[tonic::async_trait]
@@ -209,13 +201,13 @@ impl AuthService for AuthApi {
         &self,
         request: Request<LogoutAllRequest>,
     ) -> Result<Response<LogoutAllResponse>, Status> {
-        let user_id = self.caller(&request).await?;
+        let user_id = self.verifier.authenticate(&request).await?;
         self.logout_all(user_id).await?;
         Ok(Response::new(LogoutAllResponse {}))
     }
 
     async fn me(&self, request: Request<MeRequest>) -> Result<Response<MeResponse>, Status> {
-        let user_id = self.caller(&request).await?;
+        let user_id = self.verifier.authenticate(&request).await?;
         let user = self.me(user_id).await?;
         Ok(Response::new(MeResponse { user: Some(user) }))
     }

@@ -167,10 +167,13 @@ impl Verifier {
         }
     }
 
-    /// Verifies the bearer token of a gRPC call and returns the caller, recording the
-    /// user id on the current span.
-    pub async fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
-        self.authenticate_token(bearer_token(metadata)).await
+    /// Verifies the bearer token of a gRPC call and returns the caller's user id,
+    /// recording it on the current span.
+    pub async fn authenticate<T>(&self, request: &tonic::Request<T>) -> Result<Uuid, Status> {
+        Ok(self
+            .authenticate_token(bearer_token(request.metadata()))
+            .await?
+            .user_id)
     }
 
     /// Like [`Verifier::authenticate`], for a request seen as plain HTTP (the gateway).

@@ -28,16 +28,6 @@ pub struct StorageApi {
     pub(crate) verifier: Verifier,
 }
 
-impl StorageApi {
-    async fn caller<T>(&self, request: &Request<T>) -> Result<Uuid, Status> {
-        Ok(self
-            .verifier
-            .authenticate(request.metadata())
-            .await?
-            .user_id)
-    }
-}
-
 /// Runs `work` as its own task and waits for it. A client that hangs up makes tonic drop
 /// the call's future; work that must not stop half-way (completing or aborting a
 /// multipart upload) then still runs to the end.
@@ -132,7 +122,7 @@ impl StorageService for StorageApi {
         &self,
         request: Request<Streaming<UploadRequest>>,
     ) -> Result<Response<UploadResponse>, Status> {
-        let user = self.caller(&request).await?;
+        let user = self.verifier.authenticate(&request).await?;
         let row = detached(store_stream(
             self.storage.clone(),
             user,
@@ -148,7 +138,7 @@ impl StorageService for StorageApi {
         &self,
         request: Request<CreateUploadRequest>,
     ) -> Result<Response<CreateUploadResponse>, Status> {
-        let user = self.caller(&request).await?;
+        let user = self.verifier.authenticate(&request).await?;
         let metadata = request.into_inner().metadata.ok_or_else(|| {
             Status::invalid_argument(
                 "metadata is required: filename, content_type and, if known, size and sha256",
@@ -163,7 +153,7 @@ impl StorageService for StorageApi {
         &self,
         request: Request<UploadChunkRequest>,
     ) -> Result<Response<UploadChunkResponse>, Status> {
-        let user = self.caller(&request).await?;
+        let user = self.verifier.authenticate(&request).await?;
         let chunk = request.into_inner();
         let offset = self
             .storage
@@ -176,7 +166,7 @@ impl StorageService for StorageApi {
         &self,
         request: Request<GetUploadStatusRequest>,
     ) -> Result<Response<GetUploadStatusResponse>, Status> {
-        let user = self.caller(&request).await?;
+        let user = self.verifier.authenticate(&request).await?;
         let id = request.into_inner().upload_id;
         Ok(Response::new(self.storage.session_status(user, &id).await?))
     }
@@ -185,7 +175,7 @@ impl StorageService for StorageApi {
         &self,
         request: Request<CompleteUploadRequest>,
     ) -> Result<Response<CompleteUploadResponse>, Status> {
-        let user = self.caller(&request).await?;
+        let user = self.verifier.authenticate(&request).await?;
         let storage = self.storage.clone();
         let id = request.into_inner().upload_id;
         let row = detached(async move { storage.complete(user, &id).await }).await?;
@@ -197,7 +187,7 @@ impl StorageService for StorageApi {
         &self,
         request: Request<AbortUploadRequest>,
     ) -> Result<Response<AbortUploadResponse>, Status> {
-        let user = self.caller(&request).await?;
+        let user = self.verifier.authenticate(&request).await?;
         self.storage
             .abort_session(user, &request.into_inner().upload_id)
             .await?;
@@ -208,7 +198,7 @@ impl StorageService for StorageApi {
         &self,
         request: Request<ListFilesRequest>,
     ) -> Result<Response<ListFilesResponse>, Status> {
-        let user = self.caller(&request).await?;
+        let user = self.verifier.authenticate(&request).await?;
         let page = request.into_inner();
         let (files, next_page_token) = self
             .storage
@@ -224,7 +214,7 @@ impl StorageService for StorageApi {
         &self,
         request: Request<StatFileRequest>,
     ) -> Result<Response<StatFileResponse>, Status> {
-        let user = self.caller(&request).await?;
+        let user = self.verifier.authenticate(&request).await?;
         let row = self.storage.file(user, &request.into_inner().key).await?;
         let file = self.storage.describe(&row).await?;
         Ok(Response::new(StatFileResponse { file: Some(file) }))
@@ -234,7 +224,7 @@ impl StorageService for StorageApi {
         &self,
         request: Request<GetDownloadUrlRequest>,
     ) -> Result<Response<GetDownloadUrlResponse>, Status> {
-        let user = self.caller(&request).await?;
+        let user = self.verifier.authenticate(&request).await?;
         let wanted = request.into_inner();
         let ttl = Storage::url_ttl(wanted.expires_in)?;
         let row = self.storage.file(user, &wanted.key).await?;
@@ -252,7 +242,7 @@ impl StorageService for StorageApi {
         request: Request<DownloadRequest>,
     ) -> Result<Response<Self::DownloadStream>, Status> {
         let row = if request.get_ref().signature.is_empty() {
-            let user = self.caller(&request).await?;
+            let user = self.verifier.authenticate(&request).await?;
             self.storage.file(user, &request.get_ref().key).await?
         } else {
             // A signed link is its own credential (like a presigned S3 URL).
@@ -278,7 +268,7 @@ impl StorageService for StorageApi {
         &self,
         request: Request<DeleteFileRequest>,
     ) -> Result<Response<DeleteFileResponse>, Status> {
-        let user = self.caller(&request).await?;
+        let user = self.verifier.authenticate(&request).await?;
         self.storage.delete(user, &request.into_inner().key).await?;
         Ok(Response::new(DeleteFileResponse {}))
     }
