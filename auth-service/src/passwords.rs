@@ -1,21 +1,33 @@
 //! Password hashing off the async runtime.
 //!
 //! bcrypt at cost 12 burns a few hundred milliseconds of CPU. Running it on a tokio
-//! worker would stall every other call on that worker, so each hash runs on the
-//! blocking pool, and a semaphore sized to the cores keeps a login burst from
-//! queueing hundreds of threads that all fight for the same CPUs.
+//! worker would stall every other call on that worker, so hashes run on a pool of their
+//! own: one thread per core (more could not hash faster), behind a semaphore of the
+//! same size so a login burst waits in line instead of piling up threads.
+//!
+//! The pool's threads run at a lower scheduling priority (nice 10). When nothing else
+//! wants the CPU they take all of it, so logins still reach the machine's bcrypt bound;
+//! when the CPU is contended, the runtime's threads — every other call (Me, Refresh,
+//! token checks) — run first, so a login storm does not stretch their latency. Measured
+//! by `strongbox-bench` (docs/PERFORMANCE.md).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, mpsc};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 
 use crate::credentials::Password;
 use crate::error::AuthError;
 
+/// How much lower than normal the hashing threads run (0 normal, 19 lowest). 10 gives
+/// them a tenth of a contended core: other calls come first, yet logins still progress
+/// when the CPU is busy with something else (at 19, or as SCHED_IDLE, they nearly
+/// stop, for no measurable gain in the other calls' latency).
+const HASHING_NICENESS: i32 = 10;
+
 #[derive(Clone)]
 pub struct PasswordHasher {
     cost: u32,
-    permits: Arc<Semaphore>,
+    pool: HashingPool,
     /// A real hash at the configured cost, verified against when the email is unknown,
     /// so a miss costs the same time as a wrong password (no enumeration by timing).
     decoy_hash: Arc<str>,
@@ -23,44 +35,106 @@ pub struct PasswordHasher {
 
 impl PasswordHasher {
     pub async fn new(cost: u32) -> Result<Self, AuthError> {
-        let parallelism = std::thread::available_parallelism().map_or(2, usize::from);
-        let decoy = run_blocking(move || bcrypt::hash("strongbox-decoy-password", cost)).await?;
+        let pool = HashingPool::start(std::thread::available_parallelism().map_or(2, usize::from))?;
+        let decoy = pool
+            .run(move || bcrypt::hash("strongbox-decoy-password", cost))
+            .await?;
         Ok(Self {
             cost,
-            permits: Arc::new(Semaphore::new(parallelism)),
+            pool,
             decoy_hash: decoy.into(),
         })
     }
 
     pub async fn hash(&self, password: &Password) -> Result<String, AuthError> {
-        let _permit = self.permits.acquire().await.map_err(closed)?;
         let password = password.clone();
         let cost = self.cost;
-        run_blocking(move || bcrypt::hash(password.expose(), cost)).await
+        self.pool
+            .run(move || bcrypt::hash(password.expose(), cost))
+            .await
     }
 
     /// Checks `password` against `hash`, or against the decoy when there is no user.
     pub async fn verify(&self, password: &Password, hash: Option<&str>) -> Result<bool, AuthError> {
-        let _permit = self.permits.acquire().await.map_err(closed)?;
         let known = hash.is_some();
         let hash: Arc<str> = hash.map_or_else(|| self.decoy_hash.clone(), Arc::from);
         let password = password.clone();
-        let matches = run_blocking(move || bcrypt::verify(password.expose(), &hash)).await?;
+        let matches = self
+            .pool
+            .run(move || bcrypt::verify(password.expose(), &hash))
+            .await?;
         Ok(known && matches)
     }
 }
 
-async fn run_blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, bcrypt::BcryptError> + Send + 'static,
-) -> Result<T, AuthError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|err| AuthError::Internal(format!("password hashing task failed: {err}")))?
-        .map_err(|err| AuthError::Internal(format!("bcrypt: {err}")))
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Threads that run hashing jobs at low priority; they stop when the last handle goes.
+#[derive(Clone)]
+struct HashingPool {
+    jobs: mpsc::Sender<Job>,
+    permits: Arc<Semaphore>,
 }
 
-fn closed(_: tokio::sync::AcquireError) -> AuthError {
-    AuthError::Internal("password hasher is shut down".into())
+impl HashingPool {
+    fn start(threads: usize) -> Result<Self, AuthError> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for index in 0..threads {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("bcrypt-{index}"))
+                .spawn(move || {
+                    lower_this_threads_priority();
+                    loop {
+                        let job = match queue.lock() {
+                            Ok(queue) => queue.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(mpsc::RecvError) => return,
+                        }
+                    }
+                })
+                .map_err(|err| {
+                    AuthError::Internal(format!("cannot start a hashing thread: {err}"))
+                })?;
+        }
+        Ok(Self {
+            jobs,
+            permits: Arc::new(Semaphore::new(threads)),
+        })
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, bcrypt::BcryptError> + Send + 'static,
+    ) -> Result<T, AuthError> {
+        let _permit = self.permits.acquire().await.map_err(|_| stopped())?;
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = reply.send(work());
+        });
+        self.jobs.send(job).map_err(|_| stopped())?;
+        answer
+            .await
+            .map_err(|_| stopped())?
+            .map_err(|err| AuthError::Internal(format!("bcrypt: {err}")))
+    }
+}
+
+/// Lowers the calling thread's priority. On Linux the nice value is per thread, and
+/// `PRIO_PROCESS` with id 0 means the calling thread. Failing is harmless: hashing then
+/// runs at normal priority, as it would on the blocking pool.
+fn lower_this_threads_priority() {
+    // SAFETY: setpriority reads no memory of ours; any failure is reported by its
+    // return value, which is ignored on purpose (see above).
+    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, HASHING_NICENESS) };
+}
+
+fn stopped() -> AuthError {
+    AuthError::Internal("password hashing stopped (a hashing thread failed)".into())
 }
 
 #[cfg(test)]
@@ -81,6 +155,20 @@ mod tests {
             !hasher.verify(&password, None).await.unwrap(),
             "the decoy must never log anyone in"
         );
+    }
+
+    #[tokio::test]
+    async fn hashing_threads_run_at_a_lower_priority() {
+        let pool = HashingPool::start(1).unwrap();
+        // SAFETY: getpriority reads no memory of ours.
+        let niceness = pool
+            .run(|| Ok(unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }))
+            .await
+            .unwrap();
+        assert_eq!(niceness, HASHING_NICENESS);
+        // SAFETY: as above.
+        let here = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        assert_eq!(here, 0, "only the hashing threads are lowered");
     }
 
     #[tokio::test]

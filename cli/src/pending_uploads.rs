@@ -25,7 +25,8 @@ pub struct PendingUpload {
     pub modified_ns: u64,
     pub upload_id: String,
     pub sha256: String,
-    /// The largest chunk the session accepts (CreateUpload says; GetUploadStatus does not).
+    /// The chunk size the session was started with (CreateUpload's limits decide it, and
+    /// GetUploadStatus does not repeat them).
     pub chunk_size: u64,
 }
 

@@ -19,6 +19,7 @@ use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use http::{HeaderName, HeaderValue, Method};
 use strongbox_common::jwt::Verifier;
 use strongbox_common::server::{self, REQUEST_ID_HEADER};
@@ -103,6 +104,12 @@ pub async fn run(
         .layer(middleware::from_fn(in_span));
 
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
+    // Small replies must not wait in Nagle's buffer for the peer's delayed ACK (40 ms).
+    let listener = listener.tap_io(|socket| {
+        if let Err(err) = socket.set_nodelay(true) {
+            tracing::warn!(%err, "cannot set TCP_NODELAY on a connection");
+        }
+    });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;

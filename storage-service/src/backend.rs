@@ -28,6 +28,8 @@ pub const S3_MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 
 pub struct Backend {
     pub store: Arc<dyn ObjectStore>,
+    /// The same store as S3, for its multipart API (`multipart.rs`); `None` locally.
+    pub s3: Option<Arc<AmazonS3>>,
     downloads: Downloads,
     /// For messages: "S3 bucket uploads at http://minio:9000" or "directory ./data/objects".
     pub description: String,
@@ -61,6 +63,7 @@ impl Backend {
         let store = LocalFileSystem::new_with_prefix(&dir)?;
         Ok(Self {
             store: Arc::new(store),
+            s3: None,
             downloads: Downloads::Linked(LinkSigner::new(link_secret, &config.public_base_url)?),
             description: format!("directory {}", dir.display()),
         })
@@ -73,11 +76,18 @@ impl Backend {
                 config.upload_part_size
             )));
         }
+        if config.max_chunk_bytes < S3_MIN_PART_SIZE {
+            return Err(StorageError::Internal(format!(
+                "MAX_CHUNK_BYTES must be at least {S3_MIN_PART_SIZE} bytes for S3, where each \
+                 resumable-upload chunk is a multipart part (it is {})",
+                config.max_chunk_bytes
+            )));
+        }
         let description = format!("S3 bucket {} at {endpoint}", config.storage_bucket);
         create_bucket_if_missing(config, endpoint)
             .await
             .map_err(|err| StorageError::Internal(format!("cannot create {description}: {err}")))?;
-        let store = s3_client(config, endpoint)?;
+        let store = Arc::new(s3_client(config, endpoint)?);
         // Listing proves the endpoint, the credentials and the bucket all work.
         store
             .list_with_delimiter(Some(&Path::from("_probe")))
@@ -88,7 +98,8 @@ impl Backend {
             .as_deref()
             .unwrap_or(endpoint);
         Ok(Self {
-            store: Arc::new(store),
+            store: store.clone(),
+            s3: Some(store),
             downloads: Downloads::Presigned(s3_client(config, public)?),
             description,
         })

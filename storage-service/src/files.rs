@@ -14,9 +14,11 @@ use uuid::Uuid;
 use crate::backend::Backend;
 use crate::error::StorageError;
 use crate::index::{Cursor, FileRow, Index};
+use crate::multipart::{Multipart, PartWriter};
 use crate::names::{ObjectKey, SafeName, Sha256Hex};
 use crate::policy::{ContentType, UploadPolicy};
-use crate::sink::{Expectations, UploadSink};
+use crate::sessions::SessionDigests;
+use crate::sink::{Expectations, UploadSink, Writer};
 
 pub const STATUS_UPLOADED: &str = "uploaded";
 /// Original filenames longer than this are refused (the key uses a shortened form anyway).
@@ -31,11 +33,15 @@ const MAX_PAGE_SIZE: u32 = 1000;
 pub struct Storage {
     pub backend: Backend,
     pub index: Index,
+    /// S3's multipart uploads with their ids on record; `None` for a local directory.
+    pub multipart: Option<Multipart>,
     pub policy: UploadPolicy,
     pub part_size: usize,
     pub parts_in_flight: usize,
     pub max_chunk_bytes: u64,
     pub session_ttl: Duration,
+    /// The running SHA-256 of each open resumable session.
+    pub digests: SessionDigests,
 }
 
 /// A checked request to store a new file.
@@ -91,12 +97,20 @@ impl Storage {
         let options = self
             .backend
             .put_options(&file.filename, file.content_type.as_str());
-        let upload = self
-            .backend
-            .store
-            .put_multipart_opts(&file.key.path(), options)
-            .await?;
-        let writer = WriteMultipart::new_with_chunk_size(upload, self.part_size);
+        let path = file.key.path();
+        let writer = match &self.multipart {
+            Some(multipart) => Writer::S3(
+                PartWriter::begin(multipart.clone(), path, options, self.part_size).await?,
+            ),
+            None => {
+                let upload = self
+                    .backend
+                    .store
+                    .put_multipart_opts(&path, options)
+                    .await?;
+                Writer::Local(WriteMultipart::new_with_chunk_size(upload, self.part_size))
+            }
+        };
         Ok(UploadSink::new(
             writer,
             self.parts_in_flight,

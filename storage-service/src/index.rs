@@ -39,6 +39,13 @@ pub struct SessionRow {
     pub expires_at: i64,
 }
 
+#[derive(Debug, Clone, FromRow)]
+pub struct ChunkRow {
+    pub start: i64,
+    pub length: i64,
+    pub etag: Option<String>,
+}
+
 /// Where a listing page starts: just after this (created_at, key).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
@@ -172,13 +179,15 @@ impl Index {
             ))
     }
 
-    /// Records a staged chunk at `start` if the session still ends there (compare and
-    /// set: of two racing writers of one offset, one wins). Returns the new length.
+    /// Records a chunk at `start` (with its part's ETag on S3) if the session still ends
+    /// there (compare and set: of two racing writers of one offset, one wins). Returns
+    /// the new length.
     pub async fn append_chunk(
         &self,
         id: &str,
         start: i64,
         length: i64,
+        etag: Option<&str>,
     ) -> Result<Option<i64>, StorageError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let advanced = sqlx::query(
@@ -193,24 +202,102 @@ impl Index {
         if advanced == 0 {
             return Ok(None);
         }
-        sqlx::query("INSERT INTO upload_chunks (session_id, start, length) VALUES (?, ?, ?)")
-            .bind(id)
-            .bind(start)
-            .bind(length)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO upload_chunks (session_id, start, length, etag) VALUES (?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(start)
+        .bind(length)
+        .bind(etag)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(Some(start + length))
     }
 
-    /// The staged chunks of a session, in order: (start, length).
-    pub async fn chunks(&self, id: &str) -> Result<Vec<(i64, i64)>, StorageError> {
+    /// The chunks of a session, in order.
+    pub async fn chunks(&self, id: &str) -> Result<Vec<ChunkRow>, StorageError> {
         Ok(sqlx::query_as(
-            "SELECT start, length FROM upload_chunks WHERE session_id = ? ORDER BY start",
+            "SELECT start, length, etag FROM upload_chunks WHERE session_id = ? ORDER BY start",
         )
         .bind(id)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// How many chunks a session has, and the length of its last one.
+    pub async fn chunk_tail(&self, id: &str) -> Result<(i64, Option<i64>), StorageError> {
+        Ok(sqlx::query_as(
+            "SELECT COUNT(*),
+                    (SELECT length FROM upload_chunks WHERE session_id = ?1 ORDER BY start DESC LIMIT 1)
+             FROM upload_chunks WHERE session_id = ?1",
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Notes a multipart upload before its first part is sent.
+    pub async fn record_multipart(&self, key: &str, upload_id: &str) -> Result<(), StorageError> {
+        sqlx::query("INSERT INTO multipart_uploads (key, upload_id, created_at) VALUES (?, ?, ?)")
+            .bind(key)
+            .bind(upload_id)
+            .bind(crate::files::now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The id of the multipart upload building `key`.
+    pub async fn multipart_id(&self, key: &str) -> Result<String, StorageError> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT upload_id FROM multipart_uploads WHERE key = ?")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|(id,)| id).ok_or_else(|| {
+            StorageError::Internal(format!("no multipart upload recorded for {key}"))
+        })
+    }
+
+    /// Forgets a multipart upload that was completed or aborted.
+    pub async fn forget_multipart(&self, key: &str) -> Result<(), StorageError> {
+        sqlx::query("DELETE FROM multipart_uploads WHERE key = ?")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks a multipart upload for the cleanup to abort.
+    pub async fn abandon_multipart(&self, key: &str) -> Result<(), StorageError> {
+        sqlx::query("UPDATE multipart_uploads SET abandoned = 1 WHERE key = ?")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// At start, before any call: multipart uploads of streams a previous run was
+    /// receiving are abandoned (their clients are gone). Those of resumable sessions
+    /// stay: the session outlives the process.
+    pub async fn abandon_unowned_multiparts(&self) -> Result<u64, StorageError> {
+        let result = sqlx::query(
+            "UPDATE multipart_uploads SET abandoned = 1
+             WHERE abandoned = 0 AND key NOT IN (SELECT key FROM upload_sessions)",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
+
+    /// Multipart uploads waiting to be aborted: (key, upload id).
+    pub async fn abandoned_multiparts(&self) -> Result<Vec<(String, String)>, StorageError> {
+        Ok(
+            sqlx::query_as("SELECT key, upload_id FROM multipart_uploads WHERE abandoned = 1")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// Moves a session between 'open' and 'completing'; false if it was not in `from`.
@@ -250,13 +337,13 @@ impl Index {
     }
 
     /// Sessions whose time ran out.
-    pub async fn expired_sessions(&self, now_ms: i64) -> Result<Vec<String>, StorageError> {
-        let rows: Vec<(String,)> =
-            sqlx::query_as("SELECT id FROM upload_sessions WHERE expires_at <= ?")
+    pub async fn expired_sessions(&self, now_ms: i64) -> Result<Vec<SessionRow>, StorageError> {
+        Ok(
+            sqlx::query_as("SELECT * FROM upload_sessions WHERE expires_at <= ?")
                 .bind(now_ms)
                 .fetch_all(&self.pool)
-                .await?;
-        Ok(rows.into_iter().map(|(id,)| id).collect())
+                .await?,
+        )
     }
 }
 

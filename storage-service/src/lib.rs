@@ -2,8 +2,10 @@
 //!
 //! - [`names`]: safe names, per-user object keys, SHA-256 digests — parsed at the edge;
 //! - [`policy`]: content types and size limits;
+//! - [`protocol`]: the shape of an Upload stream (metadata, chunks, end), as a state machine;
 //! - [`sink`]: the streaming core — multipart upload, hashing, limits, abort on failure;
 //! - [`files`]: uploads become files; list, describe, download, delete;
+//! - [`multipart`]: S3 multipart uploads with their ids on record, so none can leak;
 //! - [`sessions`]: resumable uploads for clients that cannot stream;
 //! - [`backend`]: S3 or a local directory behind `object_store`, and download URLs;
 //! - [`links`]: the local backend's HMAC-signed download links;
@@ -16,8 +18,10 @@ pub mod error;
 pub mod files;
 pub mod index;
 pub mod links;
+pub mod multipart;
 pub mod names;
 pub mod policy;
+pub mod protocol;
 pub mod server;
 pub mod service;
 pub mod sessions;

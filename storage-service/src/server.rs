@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::error::StorageError;
 use crate::files::Storage;
 use crate::index::Index;
+use crate::multipart::Multipart;
 use crate::policy::UploadPolicy;
 use crate::service::StorageApi;
 
@@ -29,7 +30,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StorageError> {
     let storage = Arc::new(build(&config).await?);
-    let sweeper = tokio::spawn(sweep_expired_sessions(
+    let sweeper = tokio::spawn(clean_up(
         storage.clone(),
         sweep_interval(config.upload_session_ttl()),
     ));
@@ -77,15 +78,28 @@ async fn build(config: &Config) -> Result<Storage, StorageError> {
     };
     let backend = Backend::connect(config, link_secret.as_bytes()).await?;
     let index = Index::open(&config.database_url()).await?;
+    let multipart = backend
+        .s3
+        .clone()
+        .map(|s3| Multipart::new(s3, index.clone()));
+    let left_behind = index.abandon_unowned_multiparts().await?;
+    if left_behind > 0 {
+        tracing::info!(
+            left_behind,
+            "multipart uploads of a previous run will be aborted"
+        );
+    }
     Ok(Storage {
         backend,
         index,
+        multipart,
         policy: UploadPolicy::new(config.max_upload_bytes, &config.allowed_content_types),
         part_size: usize::try_from(config.upload_part_size)
             .map_err(|_| StorageError::Internal("UPLOAD_PART_SIZE is too large".into()))?,
         parts_in_flight: config.upload_parts_in_flight as usize,
         max_chunk_bytes: config.max_chunk_bytes,
         session_ttl: config.upload_session_ttl(),
+        digests: Default::default(),
     })
 }
 
@@ -102,13 +116,15 @@ fn verifier(config: &Config) -> Result<Verifier, StorageError> {
     Ok(Verifier::from_auth_service(channel))
 }
 
-/// Often enough that an expired session does not linger much past its TTL, rarely
-/// enough to cost nothing.
+/// Often enough that an expired session (or an abandoned multipart upload) does not
+/// linger much, rarely enough to cost nothing.
 fn sweep_interval(ttl: Duration) -> Duration {
     (ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(600))
 }
 
-async fn sweep_expired_sessions(storage: Arc<Storage>, interval: Duration) {
+/// The periodic cleanup: expired sessions, and multipart uploads whose abort failed or
+/// that a previous run left behind.
+async fn clean_up(storage: Arc<Storage>, interval: Duration) {
     let mut ticks = tokio::time::interval(interval);
     loop {
         ticks.tick().await;
@@ -117,6 +133,15 @@ async fn sweep_expired_sessions(storage: Arc<Storage>, interval: Duration) {
             Ok(purged) => tracing::info!(purged, "removed expired upload sessions"),
             Err(err) => {
                 tracing::warn!(%err, "sweeping expired upload sessions failed; retrying next interval")
+            }
+        }
+        if let Some(multipart) = &storage.multipart {
+            match multipart.retry_abandoned().await {
+                Ok(0) => {}
+                Ok(aborted) => tracing::info!(aborted, "aborted abandoned multipart uploads"),
+                Err(err) => {
+                    tracing::warn!(%err, "aborting abandoned multipart uploads failed; retrying next interval")
+                }
             }
         }
     }

@@ -13,14 +13,15 @@ use strongbox_proto::storage::v1::{
     DownloadRequest, DownloadResponse, FileInfo, GetDownloadUrlRequest, GetDownloadUrlResponse,
     GetUploadStatusRequest, GetUploadStatusResponse, ListFilesRequest, ListFilesResponse,
     StatFileRequest, StatFileResponse, UploadChunkRequest, UploadChunkResponse, UploadRequest,
-    UploadResponse, upload_request,
+    UploadResponse,
 };
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
 use crate::error::StorageError;
-use crate::files::{DownloadStream, NewFile, Storage, now_ms, timestamp_ms};
+use crate::files::{DownloadStream, Storage, now_ms, timestamp_ms};
 use crate::index::FileRow;
+use crate::protocol::{Step, UploadProtocol};
 use crate::sink::UploadSink;
 
 pub struct StorageApi {
@@ -39,17 +40,19 @@ async fn detached<T: Send + 'static>(
         .map_err(|err| StorageError::Internal(format!("upload task failed: {err}")))?
 }
 
-/// Stores one Upload stream: metadata first, then chunks into the sink, then commit.
-/// Any failure aborts the multipart upload before the error is returned.
+/// Stores one Upload stream (its shape is checked by [`UploadProtocol`]): metadata,
+/// then chunks into the sink, then commit. Any failure aborts the multipart upload
+/// before the error is returned.
 async fn store_stream(
     storage: Arc<Storage>,
     user: Uuid,
     mut stream: Streaming<UploadRequest>,
 ) -> Result<FileRow, StorageError> {
-    let file = first_metadata(&storage, user, &mut stream).await?;
+    let first = stream.message().await.map_err(StorageError::ClientStream)?;
+    let (metadata, mut protocol) = UploadProtocol::start(first)?;
+    let file = storage.plan(user, metadata)?;
     let mut sink = storage.open_sink(&file).await?;
-    let size_declared = file.expect.size.is_some();
-    if let Err(err) = receive(&mut stream, &mut sink, size_declared).await {
+    if let Err(err) = receive(&mut stream, &mut protocol, &mut sink).await {
         tracing::info!(%err, received = sink.received(), "upload failed; aborting");
         sink.abort().await;
         return Err(err);
@@ -57,62 +60,20 @@ async fn store_stream(
     storage.commit(file, sink).await
 }
 
-/// Reads the metadata message that must open an Upload stream.
-async fn first_metadata(
-    storage: &Storage,
-    user: Uuid,
-    stream: &mut Streaming<UploadRequest>,
-) -> Result<NewFile, StorageError> {
-    match stream.message().await.map_err(StorageError::ClientStream)? {
-        Some(UploadRequest { payload: Some(upload_request::Payload::Metadata(metadata)) }) => storage.plan(user, metadata),
-        Some(_) => Err(StorageError::InvalidArgument(
-            "the first message of an upload must carry metadata (filename, content_type), then chunks".into(),
-        )),
-        None => Err(StorageError::InvalidArgument("the upload stream was empty; send metadata, then chunks".into())),
-    }
-}
-
-/// Moves every chunk of the stream into the sink, until the file is known to be
-/// complete: an `end` message, or the declared size (checked by the sink on finish).
-///
-/// A stream that just stops is not enough. hyper reports a client's RST_STREAM(CANCEL)
-/// as a clean end of the request body, so "the stream ended" can mean "the client gave
-/// up"; storing what arrived would keep a truncated file.
+/// Moves every chunk of the stream into the sink, until the protocol says the file is
+/// complete.
 async fn receive(
     stream: &mut Streaming<UploadRequest>,
+    protocol: &mut UploadProtocol,
     sink: &mut UploadSink,
-    size_declared: bool,
 ) -> Result<(), StorageError> {
-    let mut ended = false;
-    while let Some(message) = stream.message().await.map_err(StorageError::ClientStream)? {
-        if ended {
-            return Err(StorageError::InvalidArgument(
-                "nothing may follow the `end` message".into(),
-            ));
+    loop {
+        let message = stream.message().await.map_err(StorageError::ClientStream)?;
+        match protocol.next(message)? {
+            Step::Chunk(chunk) => sink.write(chunk).await?,
+            Step::Continue => {}
+            Step::Done => return Ok(()),
         }
-        match message.payload {
-            Some(upload_request::Payload::Chunk(chunk)) => sink.write(chunk).await?,
-            Some(upload_request::Payload::End(_)) => ended = true,
-            Some(upload_request::Payload::Metadata(_)) => {
-                return Err(StorageError::InvalidArgument(
-                    "metadata was sent twice; send it only in the first message".into(),
-                ));
-            }
-            None => {
-                return Err(StorageError::InvalidArgument(
-                    "an upload message must carry metadata, a chunk or end".into(),
-                ));
-            }
-        }
-    }
-    if ended || size_declared {
-        Ok(())
-    } else {
-        Err(StorageError::InvalidArgument(
-            "the upload stream stopped without an `end` message or a declared size, so it cannot be told \
-             apart from a cancelled upload; nothing was stored. Send `end` last, or declare `size`"
-                .into(),
-        ))
     }
 }
 

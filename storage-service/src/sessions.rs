@@ -1,22 +1,35 @@
 //! Resumable uploads for clients that cannot client-stream (browsers over grpc-web).
 //!
-//! A session is a row in the index; each acknowledged chunk is staged as its own object
-//! under `_uploads/<session>/`, outside every user namespace, and recorded in the same
-//! transaction that advances the session's offset. Both survive a restart. Completing
-//! streams the staged chunks, in order, through the same [`UploadSink`] as a streaming
-//! upload (so the same size, checksum and limit checks apply), then drops the staging.
+//! A session is a row in the index, and every acknowledged chunk is recorded in the same
+//! transaction that advances the session's offset; both survive a restart. Where the
+//! chunk's bytes go depends on the backend:
+//!
+//! - S3: the session is a multipart upload (its id on record, see `multipart.rs`) and
+//!   each chunk is one of its parts, so completing is a single CompleteMultipartUpload
+//!   and no byte is written twice. S3 wants every part but the last to hold 5 MiB, so
+//!   sessions announce that as `min_chunk_size`. The SHA-256 is computed as chunks
+//!   arrive; after a restart (the running digest lives in memory) the completed object
+//!   is read back once to compute it.
+//! - A local directory: each chunk is staged as its own object under `_uploads/`, and
+//!   completing streams them, in order, through the same [`UploadSink`] as a streaming
+//!   upload (local copies are cheap), then drops the staging.
+//!
 //! Expired sessions are swept by [`Storage::purge_expired_sessions`].
 
 use bytes::Bytes;
 use futures::TryStreamExt;
+use object_store::multipart::PartId;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
+use sha2::{Digest, Sha256};
 use strongbox_proto::storage::v1::{CreateUploadResponse, FileMetadata, GetUploadStatusResponse};
 use uuid::Uuid;
 
+use crate::backend::S3_MIN_PART_SIZE;
 use crate::error::StorageError;
 use crate::files::{NewFile, Storage, file_row, now_ms, timestamp_ms};
 use crate::index::{FileRow, SessionRow};
+use crate::multipart::Multipart;
 use crate::names::{ObjectKey, Sha256Hex};
 use crate::policy::ContentType;
 use crate::sink::Expectations;
@@ -32,6 +45,15 @@ impl Storage {
         metadata: FileMetadata,
     ) -> Result<CreateUploadResponse, StorageError> {
         let file = self.plan(user, metadata)?;
+        let multipart_id = match &self.multipart {
+            Some(multipart) => {
+                let options = self
+                    .backend
+                    .put_options(&file.filename, file.content_type.as_str());
+                Some(multipart.begin(&file.key.path(), options).await?)
+            }
+            None => None,
+        };
         let now = now_ms();
         let session = SessionRow {
             id: Uuid::new_v4().to_string(),
@@ -50,13 +72,30 @@ impl Storage {
             created_at: now,
             expires_at: now + self.session_ttl.as_millis() as i64,
         };
-        self.index.insert_session(&session).await?;
+        if let Err(err) = self.index.insert_session(&session).await {
+            if let (Some(multipart), Some(id)) = (&self.multipart, multipart_id) {
+                multipart.abort(&file.key.path(), &id).await;
+            }
+            return Err(err);
+        }
+        self.digests.start(&session.id);
         tracing::info!(upload_id = %session.id, "upload session created");
         Ok(CreateUploadResponse {
             upload_id: session.id,
             max_chunk_size: self.max_chunk_bytes,
             expires_at: Some(timestamp_ms(session.expires_at)),
+            min_chunk_size: self.min_chunk_bytes(),
         })
+    }
+
+    /// The least every chunk but the last must hold: S3's part minimum, since there
+    /// each chunk is a part.
+    fn min_chunk_bytes(&self) -> u64 {
+        if self.multipart.is_some() {
+            S3_MIN_PART_SIZE
+        } else {
+            0
+        }
     }
 
     /// Stores `data` at `offset` and returns the session's new length. Bytes the session
@@ -91,37 +130,33 @@ impl Storage {
                 limit: self.policy.max_bytes,
             });
         }
-        if let Some(declared) = session
-            .declared_size
-            .map(|size| size as u64)
-            .filter(|&size| total > size)
-        {
+        let declared = session.declared_size.map(|size| size as u64);
+        if let Some(declared) = declared.filter(|&size| total > size) {
             return Err(StorageError::SizeMismatch {
                 declared,
                 received: total,
             });
         }
-        // Named by offset *and* length, so a racing writer of the same offset cannot
-        // overwrite the chunk that wins the index update.
-        self.backend
-            .store
-            .put(
-                &staged_chunk(id, offset, length),
-                PutPayload::from_bytes(data),
-            )
-            .await?;
+        let stored = match &self.multipart {
+            Some(multipart) => {
+                self.put_part(multipart, &session, offset, data.clone(), declared)
+                    .await?
+            }
+            None => self.stage_chunk(id, offset, data.clone()).await?,
+        };
         match self
             .index
-            .append_chunk(id, offset as i64, length as i64)
+            .append_chunk(id, offset as i64, length as i64, stored.etag.as_deref())
             .await?
         {
-            Some(new_length) => Ok(new_length as u64),
+            Some(new_length) => {
+                self.digests.update(id, offset, &data);
+                Ok(new_length as u64)
+            }
             None => {
-                self.backend
-                    .store
-                    .delete(&staged_chunk(id, offset, length))
-                    .await
-                    .ok();
+                if let Some(staged) = stored.staged {
+                    self.backend.store.delete(&staged).await.ok();
+                }
                 let now = self.index.session(user, id, now_ms()).await?;
                 Err(StorageError::FailedPrecondition(format!(
                     "another chunk was stored at this offset first; the session now holds {} bytes",
@@ -129,6 +164,67 @@ impl Storage {
                 )))
             }
         }
+    }
+
+    /// On S3: the chunk becomes the session's next part.
+    async fn put_part(
+        &self,
+        multipart: &Multipart,
+        session: &SessionRow,
+        offset: u64,
+        data: Bytes,
+        declared: Option<u64>,
+    ) -> Result<StoredChunk, StorageError> {
+        let length = data.len() as u64;
+        let (parts, last_length) = self.index.chunk_tail(&session.id).await?;
+        if let Some(last) = last_length.filter(|&last| (last as u64) < S3_MIN_PART_SIZE) {
+            return Err(StorageError::FailedPrecondition(format!(
+                "the previous chunk held {last} bytes, under the {S3_MIN_PART_SIZE}-byte minimum \
+                 for every chunk but the last, so it was the last one; complete the upload, or \
+                 start again with larger chunks"
+            )));
+        }
+        let last = declared.is_some_and(|declared| offset + length == declared);
+        if declared.is_some() && !last && length < S3_MIN_PART_SIZE {
+            return Err(StorageError::InvalidArgument(format!(
+                "every chunk but the last must hold at least {S3_MIN_PART_SIZE} bytes \
+                 (min_chunk_size); this one holds {length}"
+            )));
+        }
+        let upload_id = self.index.multipart_id(&session.key).await?;
+        let path = ObjectKey::from_stored(session.key.clone()).path();
+        let part = multipart
+            .put_part(
+                &path,
+                &upload_id,
+                parts as usize,
+                PutPayload::from_bytes(data),
+            )
+            .await?;
+        Ok(StoredChunk {
+            etag: Some(part.content_id),
+            staged: None,
+        })
+    }
+
+    /// On a local directory: the chunk is staged as an object of its own.
+    async fn stage_chunk(
+        &self,
+        id: &str,
+        offset: u64,
+        data: Bytes,
+    ) -> Result<StoredChunk, StorageError> {
+        // Named by offset *and* length, so a racing writer of the same offset cannot
+        // overwrite the chunk that wins the index update.
+        let staged = staged_chunk(id, offset, data.len() as u64);
+        self.backend
+            .store
+            .put(&staged, PutPayload::from_bytes(data))
+            .await?;
+        Ok(StoredChunk {
+            etag: None,
+            staged: Some(staged),
+        })
     }
 
     pub async fn session_status(
@@ -150,7 +246,7 @@ impl Storage {
         })
     }
 
-    /// Assembles the staged chunks into the file.
+    /// Turns the session's chunks into the file.
     pub async fn complete(&self, user: Uuid, id: &str) -> Result<FileRow, StorageError> {
         let session = self.open_session(user, id).await?;
         if let Some(declared) = session
@@ -164,18 +260,25 @@ impl Storage {
         }
         if !self.index.set_session_state(id, OPEN, COMPLETING).await? {
             return Err(StorageError::FailedPrecondition(
-                "this upload is already being completed".into(),
+                "this upload is being completed".into(),
             ));
         }
-        match self.assemble(&session).await {
+        let assembled = match &self.multipart {
+            Some(multipart) => self.complete_parts(multipart, &session).await,
+            None => self.assemble(&session).await,
+        };
+        match assembled {
             Ok(row) => {
-                self.remove_staging(id).await;
+                self.digests.forget(id);
+                if self.multipart.is_none() {
+                    self.remove_staging(id).await;
+                }
                 tracing::info!(upload_id = %id, key = %row.key, "upload session completed");
                 Ok(row)
             }
             // The bytes are not what was declared: keeping them would only fail again.
             Err(err @ StorageError::ChecksumMismatch { .. }) => {
-                self.discard(id).await;
+                self.discard(&session).await;
                 Err(err)
             }
             Err(err) => {
@@ -185,14 +288,85 @@ impl Storage {
         }
     }
 
+    /// On S3: completes the multipart upload from the recorded parts.
+    async fn complete_parts(
+        &self,
+        multipart: &Multipart,
+        session: &SessionRow,
+    ) -> Result<FileRow, StorageError> {
+        let file = new_file(session)?;
+        let path = file.key.path();
+        let parts = self
+            .index
+            .chunks(&session.id)
+            .await?
+            .into_iter()
+            .map(|chunk| {
+                chunk
+                    .etag
+                    .map(|content_id| PartId { content_id })
+                    .ok_or_else(|| StorageError::Internal("a chunk has no part ETag".into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if parts.is_empty() {
+            // An empty file: S3 wants one part, even an empty one.
+            let upload_id = self.index.multipart_id(&session.key).await?;
+            let empty = multipart
+                .put_part(&path, &upload_id, 0, PutPayload::default())
+                .await?;
+            multipart.complete(&path, &upload_id, vec![empty]).await?;
+        } else {
+            let upload_id = self.index.multipart_id(&session.key).await?;
+            multipart.complete(&path, &upload_id, parts).await?;
+        }
+        let sha256 = match self.digests.finish(&session.id, session.received as u64) {
+            Some(sha256) => sha256,
+            None => self.digest_of(&path).await?,
+        };
+        if let Some(declared) = file
+            .expect
+            .sha256
+            .as_ref()
+            .filter(|&declared| *declared != sha256)
+        {
+            self.remove_object(&file.key).await;
+            return Err(StorageError::ChecksumMismatch {
+                declared: declared.as_str().to_owned(),
+                actual: sha256.as_str().to_owned(),
+            });
+        }
+        let row = file_row(&file, session.received as u64, sha256.as_str());
+        if let Err(err) = self.index.complete_session(&session.id, &row).await {
+            self.remove_object(&file.key).await;
+            return Err(err);
+        }
+        Ok(row)
+    }
+
+    /// The SHA-256 of a stored object, read back (only after a restart lost the running
+    /// digest of a session).
+    async fn digest_of(&self, path: &Path) -> Result<Sha256Hex, StorageError> {
+        let mut pieces = self.backend.store.get(path).await?.into_stream();
+        let mut hasher = Sha256::new();
+        while let Some(piece) = pieces.try_next().await? {
+            hasher.update(&piece);
+        }
+        Ok(Sha256Hex::from_digest(&hasher.finalize()))
+    }
+
+    /// On a local directory: streams the staged chunks into the file.
     async fn assemble(&self, session: &SessionRow) -> Result<FileRow, StorageError> {
         let file = new_file(session)?;
         let mut sink = self.open_sink(&file).await?;
-        for (start, length) in self.index.chunks(&session.id).await? {
+        for chunk in self.index.chunks(&session.id).await? {
             let staged = self
                 .backend
                 .store
-                .get(&staged_chunk(&session.id, start as u64, length as u64))
+                .get(&staged_chunk(
+                    &session.id,
+                    chunk.start as u64,
+                    chunk.length as u64,
+                ))
                 .await?;
             let mut pieces = staged.into_stream();
             loop {
@@ -216,17 +390,17 @@ impl Storage {
     }
 
     pub async fn abort_session(&self, user: Uuid, id: &str) -> Result<(), StorageError> {
-        self.open_session(user, id).await?;
-        self.discard(id).await;
+        let session = self.open_session(user, id).await?;
+        self.discard(&session).await;
         tracing::info!(upload_id = %id, "upload session aborted");
         Ok(())
     }
 
-    /// Deletes every session whose time ran out, with its staged chunks.
+    /// Deletes every session whose time ran out, with its chunks.
     pub async fn purge_expired_sessions(&self) -> Result<usize, StorageError> {
         let expired = self.index.expired_sessions(now_ms()).await?;
-        for id in &expired {
-            self.discard(id).await;
+        for session in &expired {
+            self.discard(session).await;
         }
         Ok(expired.len())
     }
@@ -244,12 +418,23 @@ impl Storage {
         Ok(session)
     }
 
-    async fn discard(&self, id: &str) {
+    async fn discard(&self, session: &SessionRow) {
+        let id = &session.id;
+        self.digests.forget(id);
         if let Err(err) = self.index.delete_session(id).await {
             tracing::warn!(%err, upload_id = %id, "could not delete an upload session");
             return;
         }
-        self.remove_staging(id).await;
+        let Some(multipart) = &self.multipart else {
+            self.remove_staging(id).await;
+            return;
+        };
+        // No recorded upload: it was completed after all (a checksum mismatch removed
+        // the object itself).
+        if let Ok(upload_id) = self.index.multipart_id(&session.key).await {
+            let path = ObjectKey::from_stored(session.key.clone()).path();
+            multipart.abort(&path, &upload_id).await;
+        }
     }
 
     async fn remove_staging(&self, id: &str) {
@@ -273,6 +458,56 @@ impl Storage {
                 tracing::warn!(%err, %path, "could not delete a staged chunk");
             }
         }
+    }
+}
+
+/// Where an appended chunk went: a part's ETag on S3, a staged object locally.
+struct StoredChunk {
+    etag: Option<String>,
+    staged: Option<Path>,
+}
+
+/// The running SHA-256 of each open session, fed chunk by chunk in offset order. It
+/// lives in memory only: a session that outlives the process, or whose chunks arrive
+/// in an order the digest cannot follow, has its object read back once on completion.
+#[derive(Default)]
+pub struct SessionDigests {
+    running: std::sync::Mutex<std::collections::HashMap<String, (u64, Sha256)>>,
+}
+
+impl SessionDigests {
+    fn start(&self, id: &str) {
+        self.lock().insert(id.to_owned(), (0, Sha256::new()));
+    }
+
+    /// Adds the chunk at `offset`; a chunk out of order drops the digest.
+    fn update(&self, id: &str, offset: u64, data: &[u8]) {
+        // Hashing a chunk takes milliseconds: not under the lock other sessions need.
+        let Some((hashed, mut hasher)) = self.lock().remove(id) else {
+            return;
+        };
+        if hashed != offset {
+            return;
+        }
+        hasher.update(data);
+        self.lock()
+            .insert(id.to_owned(), (hashed + data.len() as u64, hasher));
+    }
+
+    /// The digest, if it covers exactly `length` bytes.
+    fn finish(&self, id: &str, length: u64) -> Option<Sha256Hex> {
+        let (hashed, hasher) = self.lock().remove(id)?;
+        (hashed == length).then(|| Sha256Hex::from_digest(&hasher.finalize()))
+    }
+
+    fn forget(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u64, Sha256)>> {
+        self.running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

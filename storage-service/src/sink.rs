@@ -1,19 +1,71 @@
-//! The streaming core: bytes go into an object-store multipart upload part by part,
-//! hashed and counted on the way, so memory holds at most `parts_in_flight + 1` parts
-//! whatever the file size.
+//! The streaming core: bytes go into a multipart upload part by part, hashed and
+//! counted on the way, so memory holds at most `parts_in_flight + 1` parts whatever the
+//! file size.
 //!
 //! A multipart upload that is neither finished nor aborted leaks parts on the server, so
 //! every path out of an [`UploadSink`] ends in `finish` or `abort`: errors abort
 //! explicitly (and are awaited, so nothing is left when the client hears of them), and
 //! a sink dropped mid-way — the client hung up and the call was cancelled — aborts in
-//! the background.
+//! the background. On S3 an abort that cannot reach the server is retried later (see
+//! `multipart.rs`); a local directory's upload is a temp file, removed on abort.
 
 use bytes::Bytes;
 use object_store::WriteMultipart;
 use sha2::{Digest, Sha256};
 
 use crate::error::StorageError;
+use crate::multipart::PartWriter;
 use crate::names::Sha256Hex;
+
+/// Where the parts go.
+pub enum Writer {
+    /// S3: parts we send ourselves, with the upload id on record.
+    S3(PartWriter),
+    /// A local directory: `object_store`'s own multipart (a temp file, renamed on finish).
+    Local(WriteMultipart),
+}
+
+impl Writer {
+    async fn wait_for_capacity(&mut self, in_flight: usize) -> Result<(), StorageError> {
+        match self {
+            Self::S3(parts) => parts.wait_for_capacity(in_flight).await,
+            Self::Local(local) => Ok(local.wait_for_capacity(in_flight).await?),
+        }
+    }
+
+    fn put(&mut self, chunk: Bytes) {
+        match self {
+            Self::S3(parts) => parts.put(chunk),
+            Self::Local(local) => local.put(chunk),
+        }
+    }
+
+    /// Completes the object, or aborts it and returns why not.
+    async fn finish(self) -> Result<(), StorageError> {
+        match self {
+            Self::S3(mut parts) => match parts.finish().await {
+                Ok(()) => Ok(()),
+                Err(err) => {
+                    parts.abort().await;
+                    Err(err)
+                }
+            },
+            // On failure `finish` aborts the upload itself.
+            Self::Local(local) => local.finish().await.map(drop).map_err(Into::into),
+        }
+    }
+
+    async fn abort(self) {
+        match self {
+            Self::S3(parts) => parts.abort().await,
+            Self::Local(local) => {
+                if let Err(err) = local.abort().await {
+                    tracing::warn!(%err, "aborting an upload to the local directory failed");
+                }
+            }
+        }
+    }
+}
 
 /// What a finished upload turned out to be.
 #[derive(Debug, Clone)]
@@ -31,7 +83,7 @@ pub struct Expectations {
 }
 
 pub struct UploadSink {
-    writer: Option<WriteMultipart>,
+    writer: Option<Writer>,
     parts_in_flight: usize,
     hasher: Sha256,
     received: u64,
@@ -39,7 +91,7 @@ pub struct UploadSink {
 }
 
 impl UploadSink {
-    pub fn new(writer: WriteMultipart, parts_in_flight: usize, expect: Expectations) -> Self {
+    pub fn new(writer: Writer, parts_in_flight: usize, expect: Expectations) -> Self {
         Self {
             writer: Some(writer),
             parts_in_flight,
@@ -96,7 +148,6 @@ impl UploadSink {
             });
         }
         let writer = self.writer.take().ok_or_else(finished)?;
-        // On failure `finish` aborts the upload itself.
         writer.finish().await?;
         Ok(Written {
             size: self.received,
@@ -106,10 +157,8 @@ impl UploadSink {
 
     /// Discards everything written so far.
     pub async fn abort(mut self) {
-        if let Some(writer) = self.writer.take()
-            && let Err(err) = writer.abort().await
-        {
-            tracing::warn!(%err, "aborting a multipart upload failed; its parts may linger");
+        if let Some(writer) = self.writer.take() {
+            writer.abort().await;
         }
     }
 }
@@ -121,11 +170,7 @@ impl Drop for UploadSink {
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(async move {
-                    if let Err(err) = writer.abort().await {
-                        tracing::warn!(%err, "aborting a cancelled upload failed; its parts may linger");
-                    }
-                });
+                runtime.spawn(writer.abort());
             }
             Err(_) => {
                 tracing::warn!("an upload was dropped outside the runtime; its parts may linger")

@@ -53,7 +53,11 @@ impl TestS3 {
                     // to clients this is the server dying, not a graceful drain.
                     let socket = tokio::select! {
                         accepted = listener.accept() => match accepted {
-                            Ok((socket, _)) => socket,
+                            // As MinIO (Go) does: no Nagle delay on small replies.
+                            Ok((socket, _)) => {
+                                socket.set_nodelay(true).ok();
+                                socket
+                            }
                             Err(_) => continue,
                         },
                         _ = &mut stopped => return Ok::<(), String>(()),

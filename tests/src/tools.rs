@@ -50,25 +50,9 @@ pub async fn grpcurl_ok(args: &[&str]) -> String {
     String::from_utf8(output.stdout).expect("UTF-8 output")
 }
 
-/// The path of a workspace binary, built (debug) on first use. The suites start the
-/// real binaries where a test is about the binary itself (its environment, its
-/// subcommands), since another package's `CARGO_BIN_EXE_*` is not visible here.
+/// The path of a workspace binary in this build's profile, built on first use. The
+/// suites start the real binaries where a test is about the binary itself (its
+/// environment, its subcommands, its memory).
 pub fn workspace_binary(name: &str) -> PathBuf {
-    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut built = BUILT
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if !built.iter().any(|done| done == name) {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--bin", name])
-            .current_dir(&workspace)
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "cargo build --bin {name} failed");
-        built.push(name.to_owned());
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace.join("target"), PathBuf::from);
-    target.join("debug").join(name)
+    crate::process::workspace_binary_in(crate::process::Profile::current(), name)
 }

@@ -5,9 +5,7 @@
 //! own `healthcheck` subcommand and complete an upload.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
+use std::path::PathBuf;
 
 use bytes::Bytes;
 use clap::CommandFactory;
@@ -17,6 +15,7 @@ use strongbox_proto::storage::v1::FileMetadata;
 use strongbox_proto::storage::v1::storage_service_client::StorageServiceClient;
 use strongbox_tests::Scratch;
 use strongbox_tests::auth::with_bearer;
+use strongbox_tests::process::ServiceProcess;
 use strongbox_tests::s3::TestS3;
 use strongbox_tests::storage::{User, metadata, pseudo_random, sha256_hex};
 use strongbox_tests::tools::workspace_binary;
@@ -213,15 +212,6 @@ impl Compose {
     }
 }
 
-/// A child process killed when the test ends, however it ends.
-struct Child(tokio::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.start_kill();
-    }
-}
-
 /// Replaces compose's network names and published ports with this machine's.
 fn localize(value: &str, renames: &[(String, String)]) -> String {
     renames.iter().fold(value.to_owned(), |value, (from, to)| {
@@ -234,25 +224,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-async fn wait_healthy(binary: &Path, environment: &BTreeMap<String, String>, service: &str) {
-    for _ in 0..150 {
-        let status = tokio::process::Command::new(binary)
-            .arg("healthcheck")
-            .env_clear()
-            .envs(environment)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await
-            .unwrap();
-        if status.success() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("{service} never reported SERVING through `{service} healthcheck`");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,17 +282,7 @@ async fn the_binaries_run_with_exactly_the_compose_environment() {
                 scratch.join(service).display().to_string(),
             );
         }
-        let child = tokio::process::Command::new(&binary)
-            .env_clear()
-            .envs(&environment)
-            .current_dir(scratch.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        children.push(Child(child));
-        wait_healthy(&binary, &environment, service).await;
+        children.push(ServiceProcess::start(&binary, &environment, scratch.path()).await);
     }
 
     let gateway =

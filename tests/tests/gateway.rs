@@ -264,7 +264,8 @@ async fn grpc_web_clients_can_do_everything_through_resumable_sessions() {
         "errors arrive as gRPC statuses over grpc-web too"
     );
 
-    let content = pseudo_random(5 * 1024 * 1024 + 3, 12);
+    // Two chunks of the session's size, the last one short.
+    let content = pseudo_random(13 * 1024 * 1024 + 3, 12);
     let declared = FileMetadata {
         size: Some(content.len() as u64),
         ..metadata("web.bin", "")

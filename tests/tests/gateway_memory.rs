@@ -3,16 +3,15 @@
 //! `VmHWM`, counts every buffer) while a 256 MiB file, generated on the fly, streams
 //! through it into storage-service.
 
-use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use strongbox_proto::storage::v1::storage_service_client::StorageServiceClient;
 use strongbox_proto::storage::v1::{FileMetadata, UploadEnd, UploadRequest, upload_request};
+use strongbox_tests::Scratch;
+use strongbox_tests::process::ServiceProcess;
 use strongbox_tests::storage::{Backend, Stack, metadata, pseudo_random};
 use strongbox_tests::tools::workspace_binary;
 
@@ -21,22 +20,6 @@ const FILE_SIZE: u64 = 256 * MIB;
 /// HTTP/2 windows (a few MiB per stream) plus the process itself: well under this.
 /// Buffering the file would take 256 MiB.
 const PEAK_RSS_LIMIT: u64 = 96 * MIB;
-
-/// Kills the gateway process when the test ends, however it ends.
-struct Process(tokio::process::Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.start_kill();
-    }
-}
-
-fn status_field(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|line| line.starts_with(field))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
 
 /// The file as a stream of 1 MiB chunks, made as they are sent; the same seed gives the
 /// same bytes, so the digest is computed by a first pass over an identical stream.
@@ -52,58 +35,19 @@ async fn a_256_mib_upload_streams_through_the_gateway_in_flat_memory() {
         .local_addr()
         .unwrap()
         .port();
-    let binary = workspace_binary("gateway");
-    let environment = [
-        ("GATEWAY_LISTEN", format!("127.0.0.1:{port}")),
-        ("AUTH_SERVICE_URL", stack.auth.service.url()),
-        ("STORAGE_SERVICE_URL", stack.storage.url()),
-        ("RUST_LOG", "warn".to_owned()),
-    ];
-    let child = tokio::process::Command::new(&binary)
-        .env_clear()
-        .envs(environment.clone())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let gateway = Process(child);
-    let pid = gateway.0.id().unwrap();
-    let mut healthy = false;
-    for _ in 0..100 {
-        let check = tokio::process::Command::new(&binary)
-            .arg("healthcheck")
-            .env_clear()
-            .envs(environment.clone())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await
-            .unwrap();
-        if check.success() {
-            healthy = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(healthy, "the gateway never became healthy");
+    let environment = BTreeMap::from([
+        ("GATEWAY_LISTEN".to_owned(), format!("127.0.0.1:{port}")),
+        ("AUTH_SERVICE_URL".to_owned(), stack.auth.service.url()),
+        ("STORAGE_SERVICE_URL".to_owned(), stack.storage.url()),
+        ("RUST_LOG".to_owned(), "warn".to_owned()),
+    ]);
+    let scratch = Scratch::new();
+    let gateway =
+        ServiceProcess::start(&workspace_binary("gateway"), &environment, scratch.path()).await;
 
     let mut digest = Sha256::new();
     chunks().for_each(|chunk| digest.update(&chunk));
     let sha256 = hex_lower(&digest.finalize());
-
-    let streaming = Arc::new(AtomicBool::new(true));
-    let peak_sample = Arc::new(AtomicU64::new(0));
-    let sampler = {
-        let (streaming, peak_sample) = (streaming.clone(), peak_sample.clone());
-        tokio::spawn(async move {
-            while streaming.load(Ordering::Relaxed) {
-                if let Some(rss) = status_field(pid, "VmRSS:") {
-                    peak_sample.fetch_max(rss, Ordering::Relaxed);
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
 
     let declared = FileMetadata {
         size: Some(FILE_SIZE),
@@ -125,14 +69,10 @@ async fn a_256_mib_upload_streams_through_the_gateway_in_flat_memory() {
         .await
         .unwrap()
         .into_inner();
-    streaming.store(false, Ordering::Relaxed);
-    sampler.await.unwrap();
 
     assert_eq!(uploaded.size, FILE_SIZE);
     assert_eq!(uploaded.sha256, sha256);
-    let high_water = status_field(pid, "VmHWM:")
-        .unwrap()
-        .max(peak_sample.load(Ordering::Relaxed));
+    let high_water = gateway.peak_rss();
     println!(
         "peak RSS of the gateway during a 256 MiB upload: {} MiB",
         high_water / MIB

@@ -12,8 +12,12 @@ import { hasCode, isTransient } from "./errors";
 import type { FileInfo } from "./gen/storage/v1/storage_pb";
 import { fingerprint, type PendingUploads } from "./pending-uploads";
 
-/** Larger chunks would hold more of the file in memory and lose more on a failed attempt. */
-const MAX_CHUNK_BYTES = 4 * 1024 * 1024;
+/**
+ * Larger chunks would hold more of the file in memory and lose more on a failed attempt. On S3
+ * each chunk is a multipart part, at least `minChunkSize` (5 MiB) but the last; 8 MiB is also
+ * the server's default maximum.
+ */
+const MAX_CHUNK_BYTES = 8 * 1024 * 1024;
 /** Tries per chunk before the upload fails: waits of 0.5, 1, 2 and 4 s between them. */
 const ATTEMPTS_PER_CHUNK = 5;
 const FIRST_RETRY_DELAY_MS = 500;
@@ -110,10 +114,13 @@ export class ResumableUpload {
     );
     const session = {
       uploadId: created.uploadId,
-      chunkSize: Math.min(Number(created.maxChunkSize), MAX_CHUNK_BYTES),
+      chunkSize: Math.max(
+        Math.min(Number(created.maxChunkSize), MAX_CHUNK_BYTES),
+        Number(created.minChunkSize),
+      ),
     };
-    if (session.chunkSize < 1) {
-      throw new Error("The server allows no bytes per chunk; the upload cannot start.");
+    if (session.chunkSize < 1 || session.chunkSize > Number(created.maxChunkSize)) {
+      throw new Error("The server allows no usable chunk size; the upload cannot start.");
     }
     this.#pending.put(this.fingerprint, { ...session, filename: file.name, size: file.size });
     return { session, offset: 0 };

@@ -75,7 +75,8 @@ async fn prepare(
     if let Some(entry) = pending.find(&identity).await? {
         if let Some(offset) = server_offset(session, &entry.upload_id, file.size).await? {
             return Ok(Plan {
-                chunk_size: chunk_size(entry.chunk_size),
+                // The size the session started with: its chunks so far all have it.
+                chunk_size: usize::try_from(entry.chunk_size).unwrap_or(MAX_SESSION_CHUNK),
                 upload_id: entry.upload_id,
                 offset,
                 resumed_from: Some(offset),
@@ -97,6 +98,7 @@ async fn prepare(
                 .into_inner())
         })
         .await?;
+    let chunk = chunk_size(created.max_chunk_size, created.min_chunk_size);
     pending
         .remember(PendingUpload {
             server: identity.server,
@@ -105,12 +107,12 @@ async fn prepare(
             modified_ns: identity.modified_ns,
             upload_id: created.upload_id.clone(),
             sha256,
-            chunk_size: created.max_chunk_size,
+            chunk_size: chunk as u64,
         })
         .await?;
     Ok(Plan {
         upload_id: created.upload_id,
-        chunk_size: chunk_size(created.max_chunk_size),
+        chunk_size: chunk,
         offset: 0,
         resumed_from: None,
     })
@@ -216,15 +218,17 @@ async fn send(
     })
 }
 
-/// The most one UploadChunk carries. Each chunk is a round trip, and a staged object
-/// on the server, so chunks are larger than a streaming upload's; 4 MiB is also the
-/// server's default maximum.
-const MAX_SESSION_CHUNK: usize = 4 * 1024 * 1024;
+/// The most one UploadChunk carries. Each chunk is a round trip, and on S3 a multipart
+/// part (at least 5 MiB but the last), so chunks are larger than a streaming upload's;
+/// 8 MiB is also the server's default maximum.
+const MAX_SESSION_CHUNK: usize = 8 * 1024 * 1024;
 
 /// What one UploadChunk carries: [`MAX_SESSION_CHUNK`], or less if the server accepts less.
-fn chunk_size(server_max: u64) -> usize {
-    match usize::try_from(server_max) {
+/// Never under the server's `min_chunk_size` (S3's part minimum), which wins over ours.
+fn chunk_size(server_max: u64, server_min: u64) -> usize {
+    let at_most = match usize::try_from(server_max) {
         Ok(0) | Err(_) => MAX_SESSION_CHUNK,
         Ok(max) => max.min(MAX_SESSION_CHUNK),
-    }
+    };
+    at_most.max(usize::try_from(server_min).unwrap_or(usize::MAX))
 }

@@ -1,0 +1,219 @@
+//! S3 multipart uploads that cannot leak.
+//!
+//! An unfinished multipart upload keeps its parts on S3 until someone aborts it *by its
+//! id*. `object_store`'s `WriteMultipart` keeps that id to itself, so when S3 is down at
+//! the moment of an abort, the id is lost with the failed call and the parts linger. Here
+//! the id is written to the index before the first part is sent and forgotten only once
+//! S3 confirms the upload completed or aborted; a failed abort marks it abandoned, and
+//! [`Multipart::retry_abandoned`] (run periodically, and after a restart for what the
+//! previous run left) aborts it again until S3 confirms.
+//!
+//! The same parts carry both upload paths: a stream's bytes are cut into parts of
+//! `part_size` here, a resumable session's chunks are its parts (see `sessions.rs`),
+//! so completing a session is one `CompleteMultipartUpload`, not a copy.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::aws::AmazonS3;
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path;
+use object_store::{PutMultipartOptions, PutPayload};
+use tokio::task::JoinSet;
+
+use crate::error::StorageError;
+use crate::index::Index;
+
+/// The S3 store's multipart API and the ledger of its upload ids.
+#[derive(Clone)]
+pub struct Multipart {
+    s3: Arc<AmazonS3>,
+    index: Index,
+}
+
+impl Multipart {
+    pub fn new(s3: Arc<AmazonS3>, index: Index) -> Self {
+        Self { s3, index }
+    }
+
+    /// Starts a multipart upload of `path` and records its id.
+    pub async fn begin(
+        &self,
+        path: &Path,
+        options: PutMultipartOptions,
+    ) -> Result<String, StorageError> {
+        let id = self.s3.create_multipart_opts(path, options).await?;
+        if let Err(err) = self.index.record_multipart(path.as_ref(), &id).await {
+            // Unrecorded, it would be invisible to the cleanup: abort it now.
+            self.s3.abort_multipart(path, &id).await.ok();
+            return Err(err);
+        }
+        Ok(id)
+    }
+
+    pub async fn put_part(
+        &self,
+        path: &Path,
+        id: &str,
+        index: usize,
+        data: PutPayload,
+    ) -> Result<PartId, StorageError> {
+        Ok(self.s3.put_part(path, &id.to_owned(), index, data).await?)
+    }
+
+    /// Completes the object from `parts` (in order) and forgets the upload.
+    pub async fn complete(
+        &self,
+        path: &Path,
+        id: &str,
+        parts: Vec<PartId>,
+    ) -> Result<(), StorageError> {
+        self.s3
+            .complete_multipart(path, &id.to_owned(), parts)
+            .await?;
+        self.forget(path).await;
+        Ok(())
+    }
+
+    /// Aborts the upload; if S3 cannot be reached, leaves it to the cleanup.
+    pub async fn abort(&self, path: &Path, id: &str) {
+        match self.s3.abort_multipart(path, &id.to_owned()).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => self.forget(path).await,
+            Err(err) => {
+                tracing::warn!(%err, %path, "aborting a multipart upload failed; the cleanup will retry");
+                if let Err(err) = self.index.abandon_multipart(path.as_ref()).await {
+                    tracing::error!(%err, %path, "cannot mark a multipart upload for cleanup");
+                }
+            }
+        }
+    }
+
+    /// Aborts every abandoned upload S3 can be reached for; returns how many.
+    pub async fn retry_abandoned(&self) -> Result<usize, StorageError> {
+        let mut aborted = 0;
+        for (key, id) in self.index.abandoned_multiparts().await? {
+            let path = Path::from(key);
+            match self.s3.abort_multipart(&path, &id).await {
+                // NotFound: it was completed or aborted after all.
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                    self.forget(&path).await;
+                    aborted += 1;
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(aborted)
+    }
+
+    async fn forget(&self, path: &Path) {
+        if let Err(err) = self.index.forget_multipart(path.as_ref()).await {
+            // Harmless: the cleanup would find the upload gone and forget it then.
+            tracing::warn!(%err, %path, "cannot forget a finished multipart upload");
+        }
+    }
+}
+
+/// A stream's bytes on their way into one multipart upload: cut into parts of exactly
+/// `part_size` (slices of the received chunks, not copies), at most `in_flight` parts
+/// uploading at once.
+pub struct PartWriter {
+    multipart: Multipart,
+    path: Path,
+    id: String,
+    part_size: usize,
+    buffer: Vec<Bytes>,
+    buffered: usize,
+    next_part: usize,
+    uploading: JoinSet<Result<(usize, PartId), StorageError>>,
+    done: Vec<Option<PartId>>,
+}
+
+impl PartWriter {
+    pub async fn begin(
+        multipart: Multipart,
+        path: Path,
+        options: PutMultipartOptions,
+        part_size: usize,
+    ) -> Result<Self, StorageError> {
+        let id = multipart.begin(&path, options).await?;
+        Ok(Self {
+            multipart,
+            path,
+            id,
+            part_size,
+            buffer: Vec::new(),
+            buffered: 0,
+            next_part: 0,
+            uploading: JoinSet::new(),
+            done: Vec::new(),
+        })
+    }
+
+    /// Waits until fewer than `in_flight` parts are uploading.
+    pub async fn wait_for_capacity(&mut self, in_flight: usize) -> Result<(), StorageError> {
+        while self.uploading.len() >= in_flight {
+            self.settle_one().await?;
+        }
+        Ok(())
+    }
+
+    pub fn put(&mut self, mut chunk: Bytes) {
+        while !chunk.is_empty() {
+            let room = self.part_size - self.buffered;
+            let piece = chunk.split_to(room.min(chunk.len()));
+            self.buffered += piece.len();
+            self.buffer.push(piece);
+            if self.buffered == self.part_size {
+                self.send_part();
+            }
+        }
+    }
+
+    fn send_part(&mut self) {
+        let data = PutPayload::from_iter(std::mem::take(&mut self.buffer));
+        self.buffered = 0;
+        let index = self.next_part;
+        self.next_part += 1;
+        let (multipart, path, id) = (self.multipart.clone(), self.path.clone(), self.id.clone());
+        self.uploading.spawn(async move {
+            let part = multipart.put_part(&path, &id, index, data).await?;
+            Ok((index, part))
+        });
+    }
+
+    async fn settle_one(&mut self) -> Result<(), StorageError> {
+        let Some(joined) = self.uploading.join_next().await else {
+            return Ok(());
+        };
+        let (index, part) = joined
+            .map_err(|err| StorageError::Internal(format!("a part upload failed: {err}")))??;
+        if self.done.len() <= index {
+            self.done.resize(index + 1, None);
+        }
+        self.done[index] = Some(part);
+        Ok(())
+    }
+
+    /// Sends what is buffered as the last part and completes the object. On failure the
+    /// caller aborts.
+    pub async fn finish(&mut self) -> Result<(), StorageError> {
+        // S3 wants at least one part, even for an empty file.
+        if self.buffered > 0 || self.next_part == 0 {
+            self.send_part();
+        }
+        while !self.uploading.is_empty() {
+            self.settle_one().await?;
+        }
+        let parts = std::mem::take(&mut self.done)
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| StorageError::Internal("a part is missing".into()))?;
+        self.multipart.complete(&self.path, &self.id, parts).await
+    }
+
+    /// Stops the part uploads and aborts the multipart upload.
+    pub async fn abort(mut self) {
+        self.uploading.shutdown().await;
+        self.multipart.abort(&self.path, &self.id).await;
+    }
+}

@@ -1,0 +1,171 @@
+//! auth-service under load, against its bound: one bcrypt hash at cost 12 takes `t`
+//! on one core, so no server can log in faster than `cores ÷ t` per second. `Me` (a JWT
+//! check and one indexed SQLite read) is measured idle at 16 and 64 concurrent callers,
+//! and again at 16 while logins keep every core busy hashing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use strongbox_proto::auth::v1::MeRequest;
+use strongbox_proto::auth::v1::auth_service_client::AuthServiceClient;
+use strongbox_tests::auth::with_bearer;
+use tonic::transport::Channel;
+
+use crate::system::{System, login};
+
+pub struct AuthNumbers {
+    pub cores: usize,
+    /// One bcrypt hash at cost 12 on one core.
+    pub hash_time: Duration,
+    pub logins_per_second: f64,
+    pub me_16: Latencies,
+    pub me_64: Latencies,
+    /// `Me` at 16 concurrent while logins saturate the CPU.
+    pub me_16_loaded: Latencies,
+    /// Logins per second during that loaded measurement.
+    pub logins_while_loaded: f64,
+}
+
+impl AuthNumbers {
+    /// The most logins per second this machine can do: every core hashing.
+    pub fn bound(&self) -> f64 {
+        self.cores as f64 / self.hash_time.as_secs_f64()
+    }
+}
+
+pub struct Latencies {
+    pub per_second: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+}
+
+pub async fn measure(system: &System, quick: bool) -> AuthNumbers {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    // Enough callers that a core never waits for a request to arrive.
+    let login_callers = 2 * cores;
+    let emails: Vec<String> = (0..login_callers)
+        .map(|index| format!("login-{index}@bench.example"))
+        .collect();
+    let mut token = String::new();
+    for email in &emails {
+        token = system.user(email).await;
+    }
+    let hash_time = tokio::task::spawn_blocking(hash_time)
+        .await
+        .expect("the hash timing runs");
+    let window = if quick {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(5)
+    };
+
+    let client = system.auth_client();
+    let stop = Arc::new(AtomicBool::new(false));
+    let logins = Arc::new(AtomicU64::new(0));
+    let began = Instant::now();
+    let load = start_logins(&client, &emails, &stop, &logins);
+    tokio::time::sleep(window.max(hash_time * 8)).await;
+    stop.store(true, Ordering::Relaxed);
+    join_all(load).await;
+    let logins_per_second = logins.load(Ordering::Relaxed) as f64 / began.elapsed().as_secs_f64();
+
+    let me_16 = me(&client, &token, 16, window).await;
+    let me_64 = me(&client, &token, 64, window).await;
+
+    stop.store(false, Ordering::Relaxed);
+    logins.store(0, Ordering::Relaxed);
+    let load = start_logins(&client, &emails, &stop, &logins);
+    // Let the hashing pool fill before measuring.
+    tokio::time::sleep(hash_time * 2).await;
+    let loaded_began = Instant::now();
+    let me_16_loaded = me(&client, &token, 16, window).await;
+    let logins_while_loaded =
+        logins.load(Ordering::Relaxed) as f64 / loaded_began.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    join_all(load).await;
+
+    AuthNumbers {
+        cores,
+        hash_time,
+        logins_per_second,
+        me_16,
+        me_64,
+        me_16_loaded,
+        logins_while_loaded,
+    }
+}
+
+/// The fastest of a few cost-12 hashes on this thread: the per-core cost a server pays.
+fn hash_time() -> Duration {
+    (0..3)
+        .map(|_| {
+            let began = Instant::now();
+            bcrypt::hash("a benchmark password", 12).expect("bcrypt hashes");
+            began.elapsed()
+        })
+        .min()
+        .expect("three samples")
+}
+
+/// One caller per email logging in again and again until `stop`.
+fn start_logins(
+    client: &AuthServiceClient<Channel>,
+    emails: &[String],
+    stop: &Arc<AtomicBool>,
+    logins: &Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    emails
+        .iter()
+        .map(|email| {
+            let (mut client, email) = (client.clone(), email.clone());
+            let (stop, logins) = (stop.clone(), logins.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    client.login(login(&email)).await.expect("a login");
+                    logins.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect()
+}
+
+/// `concurrency` callers asking `Me` back to back for `window`.
+async fn me(
+    client: &AuthServiceClient<Channel>,
+    token: &str,
+    concurrency: usize,
+    window: Duration,
+) -> Latencies {
+    let began = Instant::now();
+    let callers = (0..concurrency).map(|_| {
+        let mut client = client.clone();
+        let token = token.to_owned();
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while began.elapsed() < window {
+                let sent = Instant::now();
+                client
+                    .me(with_bearer(MeRequest {}, &token))
+                    .await
+                    .expect("Me answers");
+                latencies.push(sent.elapsed());
+            }
+            latencies
+        })
+    });
+    let mut latencies: Vec<Duration> = join_all(callers)
+        .await
+        .into_iter()
+        .flat_map(|caller| caller.expect("a Me caller"))
+        .collect();
+    let elapsed = began.elapsed();
+    latencies.sort();
+    let at = |quantile: f64| latencies[((latencies.len() - 1) as f64 * quantile) as usize];
+    Latencies {
+        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50: at(0.50),
+        p99: at(0.99),
+    }
+}

@@ -1,0 +1,173 @@
+//! The system under measurement: the three release binaries as separate processes (so
+//! each one's peak memory is its own), and the S3 server in this process (s3s-fs on
+//! loopback, the same server the direct `object_store` baseline writes to).
+
+use std::collections::BTreeMap;
+
+use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
+use strongbox_proto::auth::v1::auth_service_client::AuthServiceClient;
+use strongbox_proto::auth::v1::{LoginRequest, RegisterRequest};
+use strongbox_tests::Scratch;
+use strongbox_tests::process::{Profile, ServiceProcess, workspace_binary_in};
+use strongbox_tests::s3::{ACCESS_KEY, SECRET_KEY, TestS3};
+use strongbox_tests::storage::BUCKET;
+use tonic::transport::{Channel, Endpoint};
+
+pub struct System {
+    pub s3: TestS3,
+    pub auth: Service,
+    pub storage: Service,
+    pub gateway: Service,
+    /// Holds every process's data (and the S3 server's) until the run ends.
+    _dir: Scratch,
+}
+
+/// A service process and where it listens.
+pub struct Service {
+    pub process: ServiceProcess,
+    pub url: String,
+}
+
+impl Service {
+    pub fn channel(&self) -> Channel {
+        Endpoint::from_shared(self.url.clone())
+            .expect("a valid URL")
+            .connect_lazy()
+    }
+}
+
+impl System {
+    pub async fn start() -> Self {
+        let dir = Scratch::new();
+        let s3 = TestS3::start(&dir);
+        let (auth_url, storage_url, gateway_url) = (free_url(), free_url(), free_url());
+        let listen = |url: &str| url.trim_start_matches("http://").to_owned();
+        let auth = start(
+            &dir,
+            "auth-service",
+            [
+                ("AUTH_LISTEN", listen(&auth_url)),
+                ("DATA_DIR", dir.join("auth").display().to_string()),
+                // The production default, stated: the login numbers are about cost 12.
+                ("BCRYPT_ROUNDS", "12".to_owned()),
+                // Benchmarks log in thousands of times per address.
+                ("LOGIN_MAX_FAILURES", "1000".to_owned()),
+            ],
+            auth_url,
+        )
+        .await;
+        let storage = start(
+            &dir,
+            "storage-service",
+            [
+                ("STORAGE_LISTEN", listen(&storage_url)),
+                ("DATA_DIR", dir.join("storage").display().to_string()),
+                ("STORAGE_ENDPOINT", s3.endpoint()),
+                ("STORAGE_ACCESS_KEY", ACCESS_KEY.to_owned()),
+                ("STORAGE_SECRET_KEY", SECRET_KEY.to_owned()),
+                ("STORAGE_BUCKET", BUCKET.to_owned()),
+                ("AUTH_SERVICE_URL", auth.url.clone()),
+            ],
+            storage_url,
+        )
+        .await;
+        let gateway = start(
+            &dir,
+            "gateway",
+            [
+                ("GATEWAY_LISTEN", listen(&gateway_url)),
+                ("AUTH_SERVICE_URL", auth.url.clone()),
+                ("STORAGE_SERVICE_URL", storage.url.clone()),
+            ],
+            gateway_url,
+        )
+        .await;
+        Self {
+            s3,
+            auth,
+            storage,
+            gateway,
+            _dir: dir,
+        }
+    }
+
+    /// An `object_store` client straight to the S3 server: the baseline.
+    pub fn direct_store(&self) -> std::sync::Arc<dyn ObjectStore> {
+        std::sync::Arc::new(
+            AmazonS3Builder::new()
+                .with_endpoint(self.s3.endpoint())
+                .with_bucket_name(BUCKET)
+                .with_region("us-east-1")
+                .with_access_key_id(ACCESS_KEY)
+                .with_secret_access_key(SECRET_KEY)
+                .with_allow_http(true)
+                .build()
+                .expect("an S3 client"),
+        )
+    }
+
+    pub fn auth_client(&self) -> AuthServiceClient<Channel> {
+        AuthServiceClient::new(self.auth.channel())
+    }
+
+    /// Registers `email` and returns an access token.
+    pub async fn user(&self, email: &str) -> String {
+        let mut auth = self.auth_client();
+        auth.register(RegisterRequest {
+            email: email.to_owned(),
+            password: PASSWORD.to_owned(),
+        })
+        .await
+        .expect("register");
+        auth.login(login(email))
+            .await
+            .expect("login")
+            .into_inner()
+            .tokens
+            .expect("tokens")
+            .access_token
+    }
+
+    /// How many objects and multipart parts the S3 server holds, to check cleanup.
+    pub fn s3_files(&self) -> usize {
+        self.s3.files(BUCKET).len()
+    }
+}
+
+pub const PASSWORD: &str = "a benchmark password";
+
+pub fn login(email: &str) -> LoginRequest {
+    LoginRequest {
+        email: email.to_owned(),
+        password: PASSWORD.to_owned(),
+    }
+}
+
+async fn start<const N: usize>(
+    dir: &Scratch,
+    binary: &str,
+    settings: [(&str, String); N],
+    url: String,
+) -> Service {
+    let mut environment: BTreeMap<String, String> = settings
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect();
+    environment.insert("RUST_LOG".into(), "warn".into());
+    let process = ServiceProcess::start(
+        &workspace_binary_in(Profile::current(), binary),
+        &environment,
+        dir.path(),
+    )
+    .await;
+    Service { process, url }
+}
+
+fn free_url() -> String {
+    let port = strongbox_tests::reserve_port(0)
+        .local_addr()
+        .expect("a bound port")
+        .port();
+    format!("http://127.0.0.1:{port}")
+}

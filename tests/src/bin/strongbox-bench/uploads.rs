@@ -1,0 +1,332 @@
+//! Upload throughput, side by side: (a) `object_store` multipart straight to the S3
+//! server, the physical limit of this machine; (b) through storage-service; (c) through
+//! the gateway over native gRPC; (d) through the gateway over grpc-web (tonic-web's
+//! client, resumable sessions, as browsers upload). Each measurement also records the
+//! peak RSS of storage-service and the gateway, and deletes what it uploaded, so a full
+//! run needs disk for one measurement at a time.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::join_all;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use strongbox_proto::storage::v1::storage_service_client::StorageServiceClient;
+use strongbox_proto::storage::v1::{
+    CompleteUploadRequest, CreateUploadRequest, DeleteFileRequest, FileMetadata,
+    UploadChunkRequest, UploadEnd, UploadRequest, upload_request,
+};
+use strongbox_tests::auth::with_bearer;
+use strongbox_tests::process::{cpu_time, mib};
+use strongbox_tests::storage::{metadata, pseudo_random};
+use tonic::transport::Channel;
+
+use crate::system::System;
+
+pub const MIB: u64 = 1024 * 1024;
+/// Clients send 1 MiB messages (grpc-web: 8 MiB session chunks, the default maximum), all
+/// slices of one random block, so producing data costs the client nothing.
+const CHUNK: u64 = MIB;
+const SESSION_CHUNK: u64 = 8 * MIB;
+/// The part size and parts in flight storage-service runs with (its defaults), used for
+/// the direct baseline too, so (a) and (b) do the same S3 requests.
+const PART_SIZE: usize = 8 * MIB as usize;
+const PARTS_IN_FLIGHT: usize = 2;
+
+/// One row of the report: a size and a concurrency, measured four ways.
+pub struct Row {
+    pub size: u64,
+    pub concurrency: usize,
+    /// MiB/s of (a), (b), (c), (d).
+    pub rates: [f64; 4],
+    /// Peak RSS in MiB: storage-service during (b), (c), (d); the gateway during (c), (d).
+    pub storage_peak: [u64; 3],
+    pub gateway_peak: [u64; 2],
+    /// CPU time per MiB uploaded in (a), (b), (c), (d).
+    pub cpu: [Cpu; 4],
+}
+
+/// Milliseconds of CPU per MiB uploaded, by process: this one (the clients and the S3
+/// server), storage-service, the gateway. Where they add up to the cores × the time,
+/// the machine is the limit, and each hop's share is what it costs.
+#[derive(Default, Clone, Copy)]
+pub struct Cpu {
+    pub bench: f64,
+    pub storage: f64,
+    pub gateway: f64,
+}
+
+struct CpuMeter<'a> {
+    system: &'a System,
+    start: [Duration; 3],
+}
+
+impl<'a> CpuMeter<'a> {
+    fn start(system: &'a System) -> Self {
+        Self {
+            system,
+            start: Self::now(system),
+        }
+    }
+
+    fn now(system: &System) -> [Duration; 3] {
+        [
+            cpu_time(None),
+            system.storage.process.cpu_time(),
+            system.gateway.process.cpu_time(),
+        ]
+    }
+
+    fn per_mib(self, total: u64) -> Cpu {
+        let end = Self::now(self.system);
+        let mibs = total as f64 / MIB as f64;
+        let ms = |at: usize| (end[at] - self.start[at]).as_secs_f64() * 1000.0 / mibs;
+        Cpu {
+            bench: ms(0),
+            storage: ms(1),
+            gateway: ms(2),
+        }
+    }
+}
+
+pub struct Clients {
+    direct: Arc<dyn ObjectStore>,
+    storage: StorageServiceClient<Channel>,
+    gateway: StorageServiceClient<Channel>,
+    grpc_web: GrpcWeb,
+    token: String,
+    block: Bytes,
+}
+
+impl Clients {
+    pub async fn new(system: &System) -> Self {
+        Self {
+            direct: system.direct_store(),
+            storage: StorageServiceClient::new(system.storage.channel())
+                .max_decoding_message_size(16 * MIB as usize),
+            gateway: StorageServiceClient::new(system.gateway.channel())
+                .max_decoding_message_size(16 * MIB as usize),
+            grpc_web: grpc_web_client(&system.gateway.url),
+            token: system.user("uploads@bench.example").await,
+            block: Bytes::from(pseudo_random(SESSION_CHUNK as usize, 7)),
+        }
+    }
+}
+
+pub async fn measure(system: &System, clients: &Clients, size: u64, concurrency: usize) -> Row {
+    let total = size * concurrency as u64;
+    let (storage, gateway) = (&system.storage.process, &system.gateway.process);
+    let Clients {
+        direct,
+        token,
+        block,
+        ..
+    } = clients;
+
+    let mut cpu = [Cpu::default(); 4];
+    let meter = CpuMeter::start(system);
+    let paths = run(concurrency, |index| {
+        upload_direct(direct.clone(), index, size, block.clone())
+    });
+    let (a, paths) = timed(paths).await;
+    cpu[0] = meter.per_mib(total);
+    for path in paths {
+        direct
+            .delete(&path)
+            .await
+            .expect("a benchmark object is deleted");
+    }
+
+    let mut storage_peak = [0; 3];
+    let mut gateway_peak = [0; 2];
+    let mut rates = [total as f64 / MIB as f64 / a.as_secs_f64(), 0.0, 0.0, 0.0];
+    for (column, via) in [Via::Storage, Via::Gateway, Via::GrpcWeb]
+        .into_iter()
+        .enumerate()
+    {
+        storage.reset_peak_rss();
+        gateway.reset_peak_rss();
+        let meter = CpuMeter::start(system);
+        let keys = run(concurrency, |_| {
+            let block = block.clone();
+            let token = token.clone();
+            async move {
+                match via {
+                    Via::Storage => upload_grpc(clients.storage.clone(), token, size, block).await,
+                    Via::Gateway => upload_grpc(clients.gateway.clone(), token, size, block).await,
+                    Via::GrpcWeb => {
+                        upload_session(clients.grpc_web.clone(), token, size, block).await
+                    }
+                }
+            }
+        });
+        let (elapsed, keys) = timed(keys).await;
+        cpu[column + 1] = meter.per_mib(total);
+        rates[column + 1] = total as f64 / MIB as f64 / elapsed.as_secs_f64();
+        storage_peak[column] = mib(storage.peak_rss());
+        if column > 0 {
+            gateway_peak[column - 1] = mib(gateway.peak_rss());
+        }
+        delete_all(clients.storage.clone(), token, keys).await;
+    }
+    Row {
+        size,
+        concurrency,
+        rates,
+        storage_peak,
+        gateway_peak,
+        cpu,
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Via {
+    Storage,
+    Gateway,
+    GrpcWeb,
+}
+
+async fn run<F, Fut, T>(concurrency: usize, start: F) -> Vec<T>
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = T>,
+{
+    join_all((0..concurrency).map(start)).await
+}
+
+async fn timed<T>(work: impl Future<Output = T>) -> (Duration, T) {
+    let began = Instant::now();
+    let outcome = work.await;
+    (began.elapsed(), outcome)
+}
+
+fn chunks(size: u64, block: &Bytes, chunk: u64) -> impl Iterator<Item = Bytes> + Send + 'static {
+    let block = block.clone();
+    (0..size.div_ceil(chunk)).map(move |index| {
+        let length = chunk.min(size - index * chunk) as usize;
+        block.slice(..length)
+    })
+}
+
+async fn upload_direct(store: Arc<dyn ObjectStore>, index: usize, size: u64, block: Bytes) -> Path {
+    let path = Path::from(format!("bench/direct-{index}-{}", uuid::Uuid::new_v4()));
+    let mut writer = WriteMultipart::new_with_chunk_size(
+        store
+            .put_multipart(&path)
+            .await
+            .expect("a multipart upload"),
+        PART_SIZE,
+    );
+    for chunk in chunks(size, &block, CHUNK) {
+        writer
+            .wait_for_capacity(PARTS_IN_FLIGHT)
+            .await
+            .expect("parts upload");
+        writer.put(chunk);
+    }
+    writer.finish().await.expect("the upload completes");
+    path
+}
+
+fn declared(size: u64) -> FileMetadata {
+    FileMetadata {
+        size: Some(size),
+        ..metadata("bench.bin", "")
+    }
+}
+
+async fn upload_grpc(
+    mut client: StorageServiceClient<Channel>,
+    token: String,
+    size: u64,
+    block: Bytes,
+) -> String {
+    let messages = std::iter::once(upload_request::Payload::Metadata(declared(size)))
+        .chain(chunks(size, &block, CHUNK).map(upload_request::Payload::Chunk))
+        .chain(std::iter::once(upload_request::Payload::End(UploadEnd {})))
+        .map(|payload| UploadRequest {
+            payload: Some(payload),
+        });
+    client
+        .upload(with_bearer(futures::stream::iter(messages), &token))
+        .await
+        .expect("the upload succeeds")
+        .into_inner()
+        .key
+}
+
+type GrpcWeb = StorageServiceClient<
+    tonic_web::GrpcWebClientService<
+        hyper_util::client::legacy::Client<
+            hyper_util::client::legacy::connect::HttpConnector,
+            tonic_web::GrpcWebCall<tonic::body::Body>,
+        >,
+    >,
+>;
+
+fn grpc_web_client(url: &str) -> GrpcWeb {
+    let http1 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let service = tonic_web::GrpcWebClientService::new(http1);
+    StorageServiceClient::with_origin(service, url.parse().expect("a URL"))
+        .max_decoding_message_size(16 * MIB as usize)
+}
+
+async fn upload_session(mut client: GrpcWeb, token: String, size: u64, block: Bytes) -> String {
+    let session = client
+        .create_upload(with_bearer(
+            CreateUploadRequest {
+                metadata: Some(declared(size)),
+            },
+            &token,
+        ))
+        .await
+        .expect("a session")
+        .into_inner();
+    let mut offset = 0;
+    for data in chunks(size, &block, SESSION_CHUNK) {
+        let chunk = UploadChunkRequest {
+            upload_id: session.upload_id.clone(),
+            offset,
+            data,
+        };
+        offset = client
+            .upload_chunk(with_bearer(chunk, &token))
+            .await
+            .expect("a chunk")
+            .into_inner()
+            .offset;
+    }
+    client
+        .complete_upload(with_bearer(
+            CompleteUploadRequest {
+                upload_id: session.upload_id,
+            },
+            &token,
+        ))
+        .await
+        .expect("the session completes")
+        .into_inner()
+        .file
+        .expect("the stored file")
+        .key
+}
+
+async fn delete_all(mut client: StorageServiceClient<Channel>, token: &str, keys: Vec<String>) {
+    for key in keys {
+        client
+            .delete_file(with_bearer(DeleteFileRequest { key }, token))
+            .await
+            .expect("a benchmark file is deleted");
+    }
+}
+
+pub fn human(size: u64) -> String {
+    if size >= 1024 * MIB {
+        format!("{} GiB", size / (1024 * MIB))
+    } else {
+        format!("{} MiB", size / MIB)
+    }
+}

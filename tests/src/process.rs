@@ -1,0 +1,173 @@
+//! A service binary run as its own process, for what only a process shows: the
+//! environment it accepts, its subcommands, and its memory. Peak memory is the kernel's
+//! high-water mark (`VmHWM` in `/proc/PID/status`), which counts every buffer the process
+//! ever touched; writing `5` to `/proc/PID/clear_refs` resets it between measurements.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+const MIB: u64 = 1024 * 1024;
+
+/// A running service binary, killed when dropped (however the caller ends).
+pub struct ServiceProcess {
+    name: String,
+    child: tokio::process::Child,
+    pid: u32,
+}
+
+impl ServiceProcess {
+    /// Starts `binary` with exactly `environment` (in `dir`), then waits until its own
+    /// `healthcheck` subcommand reports SERVING; panics naming the service otherwise.
+    pub async fn start(binary: &Path, environment: &BTreeMap<String, String>, dir: &Path) -> Self {
+        let name = binary
+            .file_name()
+            .map_or_else(String::new, |name| name.to_string_lossy().into_owned());
+        let child = tokio::process::Command::new(binary)
+            .env_clear()
+            .envs(environment)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {}: {err}", binary.display()));
+        let pid = child.id().expect("a running child has a pid");
+        let mut process = Self { name, child, pid };
+        process.wait_healthy(binary, environment).await;
+        process
+    }
+
+    async fn wait_healthy(&mut self, binary: &Path, environment: &BTreeMap<String, String>) {
+        for _ in 0..150 {
+            if let Ok(Some(exit)) = self.child.try_wait() {
+                panic!("{} exited while starting: {exit}", self.name);
+            }
+            let status = tokio::process::Command::new(binary)
+                .arg("healthcheck")
+                .env_clear()
+                .envs(environment)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await
+                .expect("the healthcheck subcommand runs");
+            if status.success() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!(
+            "{} never reported SERVING through `{} healthcheck`",
+            self.name, self.name
+        );
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The most memory the process has held since it started or since the last
+    /// [`ServiceProcess::reset_peak_rss`], in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        status_field(self.pid, "VmHWM:")
+            .unwrap_or_else(|| panic!("{} has no VmHWM: did it exit?", self.name))
+    }
+
+    /// CPU time the process has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        cpu_time(Some(self.pid))
+    }
+
+    /// Starts a new peak: from now on [`ServiceProcess::peak_rss`] reports the high-water
+    /// mark of what follows.
+    pub fn reset_peak_rss(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid), "5")
+            .unwrap_or_else(|err| panic!("cannot reset the peak RSS of {}: {err}", self.name));
+    }
+}
+
+/// CPU time (user + system, all threads) the process `pid` has used so far; `None`
+/// means this process.
+pub fn cpu_time(pid: Option<u32>) -> Duration {
+    let path = pid.map_or_else(
+        || "/proc/self/stat".to_owned(),
+        |pid| format!("/proc/{pid}/stat"),
+    );
+    let stat = std::fs::read_to_string(&path).unwrap_or_default();
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |at: usize| {
+        fields
+            .get(at)
+            .and_then(|field| field.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15, in USER_HZ ticks (100 per second on Linux).
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// A `kB` field of `/proc/PID/status`, in bytes.
+fn status_field(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Bytes as whole MiB, for reports.
+pub fn mib(bytes: u64) -> u64 {
+    bytes.div_ceil(MIB)
+}
+
+/// The path of a workspace binary in the `debug` or `release` profile, built on first
+/// use (another package's `CARGO_BIN_EXE_*` is not visible to this crate).
+pub fn workspace_binary_in(profile: Profile, name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(Profile, String)>> = std::sync::Mutex::new(Vec::new());
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !built.iter().any(|done| done.0 == profile && done.1 == name) {
+        let mut build = std::process::Command::new(env!("CARGO"));
+        build
+            .args(["build", "--quiet", "--bin", name])
+            .current_dir(&workspace);
+        if profile == Profile::Release {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cargo runs");
+        assert!(status.success(), "cargo build --bin {name} failed");
+        built.push((profile, name.to_owned()));
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace.join("target"), PathBuf::from);
+    target.join(profile.dir()).join(name)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    Debug,
+    Release,
+}
+
+impl Profile {
+    /// The profile the calling code was built with.
+    pub fn current() -> Self {
+        if cfg!(debug_assertions) {
+            Self::Debug
+        } else {
+            Self::Release
+        }
+    }
+
+    fn dir(self) -> &'static str {
+        match self {
+            Self::Debug => "debug",
+            Self::Release => "release",
+        }
+    }
+}
