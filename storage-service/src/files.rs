@@ -99,9 +99,12 @@ impl Storage {
             .put_options(&file.filename, file.content_type.as_str());
         let path = file.key.path();
         let writer = match &self.multipart {
-            Some(multipart) => Writer::S3(
-                PartWriter::begin(multipart.clone(), path, options, self.part_size).await?,
-            ),
+            Some(multipart) => Writer::S3(PartWriter::new(
+                multipart.clone(),
+                path,
+                options,
+                self.part_size,
+            )),
             None => {
                 let upload = self
                     .backend

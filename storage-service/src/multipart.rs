@@ -18,7 +18,7 @@ use bytes::Bytes;
 use object_store::aws::AmazonS3;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
-use object_store::{PutMultipartOptions, PutPayload};
+use object_store::{ObjectStore, PutMultipartOptions, PutOptions, PutPayload};
 use tokio::task::JoinSet;
 
 use crate::error::StorageError;
@@ -88,9 +88,11 @@ impl Multipart {
         }
     }
 
-    /// Aborts every abandoned upload S3 can be reached for; returns how many.
-    pub async fn retry_abandoned(&self) -> Result<usize, StorageError> {
+    /// Aborts every abandoned upload S3 confirms; returns how many it aborted and the
+    /// last error among those it could not.
+    pub async fn retry_abandoned(&self) -> Result<(usize, Option<StorageError>), StorageError> {
         let mut aborted = 0;
+        let mut failed = None;
         for (key, id) in self.index.abandoned_multiparts().await? {
             let path = Path::from(key);
             match self.s3.abort_multipart(&path, &id).await {
@@ -99,10 +101,10 @@ impl Multipart {
                     self.forget(&path).await;
                     aborted += 1;
                 }
-                Err(err) => return Err(err.into()),
+                Err(err) => failed = Some(err.into()),
             }
         }
-        Ok(aborted)
+        Ok((aborted, failed))
     }
 
     async fn forget(&self, path: &Path) {
@@ -113,13 +115,16 @@ impl Multipart {
     }
 }
 
-/// A stream's bytes on their way into one multipart upload: cut into parts of exactly
-/// `part_size` (slices of the received chunks, not copies), at most `in_flight` parts
-/// uploading at once.
+/// A stream's bytes on their way to S3: cut into parts of exactly `part_size` (slices of
+/// the received chunks, not copies), at most `in_flight` parts uploading at once. The
+/// multipart upload starts only when a first part is full, so a file smaller than a part
+/// is one PUT — one request instead of three, and nothing on S3 that could leak.
 pub struct PartWriter {
     multipart: Multipart,
     path: Path,
-    id: String,
+    options: PutMultipartOptions,
+    /// Set once the multipart upload has started.
+    id: Option<String>,
     part_size: usize,
     buffer: Vec<Bytes>,
     buffered: usize,
@@ -129,56 +134,66 @@ pub struct PartWriter {
 }
 
 impl PartWriter {
-    pub async fn begin(
+    pub fn new(
         multipart: Multipart,
         path: Path,
         options: PutMultipartOptions,
         part_size: usize,
-    ) -> Result<Self, StorageError> {
-        let id = multipart.begin(&path, options).await?;
-        Ok(Self {
+    ) -> Self {
+        Self {
             multipart,
             path,
-            id,
+            options,
+            id: None,
             part_size,
             buffer: Vec::new(),
             buffered: 0,
             next_part: 0,
             uploading: JoinSet::new(),
             done: Vec::new(),
-        })
-    }
-
-    /// Waits until fewer than `in_flight` parts are uploading.
-    pub async fn wait_for_capacity(&mut self, in_flight: usize) -> Result<(), StorageError> {
-        while self.uploading.len() >= in_flight {
-            self.settle_one().await?;
         }
-        Ok(())
     }
 
-    pub fn put(&mut self, mut chunk: Bytes) {
+    /// Appends `chunk`, sending each part as it fills; waits while `in_flight` parts are
+    /// uploading (backpressure all the way to the client).
+    pub async fn write(&mut self, mut chunk: Bytes, in_flight: usize) -> Result<(), StorageError> {
         while !chunk.is_empty() {
             let room = self.part_size - self.buffered;
             let piece = chunk.split_to(room.min(chunk.len()));
             self.buffered += piece.len();
             self.buffer.push(piece);
             if self.buffered == self.part_size {
-                self.send_part();
+                while self.uploading.len() >= in_flight {
+                    self.settle_one().await?;
+                }
+                self.send_part().await?;
             }
         }
+        Ok(())
     }
 
-    fn send_part(&mut self) {
+    async fn send_part(&mut self) -> Result<(), StorageError> {
+        let id = match &self.id {
+            Some(id) => id.clone(),
+            None => {
+                let id = self
+                    .multipart
+                    .begin(&self.path, std::mem::take(&mut self.options))
+                    .await?;
+                self.id = Some(id.clone());
+                id
+            }
+        };
         let data = PutPayload::from_iter(std::mem::take(&mut self.buffer));
         self.buffered = 0;
         let index = self.next_part;
         self.next_part += 1;
-        let (multipart, path, id) = (self.multipart.clone(), self.path.clone(), self.id.clone());
+        let (multipart, path) = (self.multipart.clone(), self.path.clone());
         self.uploading.spawn(async move {
             let part = multipart.put_part(&path, &id, index, data).await?;
             Ok((index, part))
         });
+        Ok(())
     }
 
     async fn settle_one(&mut self) -> Result<(), StorageError> {
@@ -194,12 +209,23 @@ impl PartWriter {
         Ok(())
     }
 
-    /// Sends what is buffered as the last part and completes the object. On failure the
-    /// caller aborts.
+    /// Stores what is buffered — as the whole object if no part was sent yet, else as
+    /// the last part — and completes the object. On failure the caller aborts.
     pub async fn finish(&mut self) -> Result<(), StorageError> {
-        // S3 wants at least one part, even for an empty file.
-        if self.buffered > 0 || self.next_part == 0 {
-            self.send_part();
+        let Some(id) = self.id.clone() else {
+            let data = PutPayload::from_iter(std::mem::take(&mut self.buffer));
+            let options = PutOptions {
+                attributes: std::mem::take(&mut self.options.attributes),
+                ..Default::default()
+            };
+            self.multipart
+                .s3
+                .put_opts(&self.path, data, options)
+                .await?;
+            return Ok(());
+        };
+        if self.buffered > 0 {
+            self.send_part().await?;
         }
         while !self.uploading.is_empty() {
             self.settle_one().await?;
@@ -208,12 +234,14 @@ impl PartWriter {
             .into_iter()
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| StorageError::Internal("a part is missing".into()))?;
-        self.multipart.complete(&self.path, &self.id, parts).await
+        self.multipart.complete(&self.path, &id, parts).await
     }
 
-    /// Stops the part uploads and aborts the multipart upload.
+    /// Stops the part uploads and aborts the multipart upload, if one was started.
     pub async fn abort(mut self) {
         self.uploading.shutdown().await;
-        self.multipart.abort(&self.path, &self.id).await;
+        if let Some(id) = &self.id {
+            self.multipart.abort(&self.path, id).await;
+        }
     }
 }

@@ -137,10 +137,16 @@ async fn clean_up(storage: Arc<Storage>, interval: Duration) {
         }
         if let Some(multipart) = &storage.multipart {
             match multipart.retry_abandoned().await {
-                Ok(0) => {}
-                Ok(aborted) => tracing::info!(aborted, "aborted abandoned multipart uploads"),
+                Ok((aborted, failed)) => {
+                    if aborted > 0 {
+                        tracing::info!(aborted, "aborted abandoned multipart uploads");
+                    }
+                    if let Some(err) = failed {
+                        tracing::warn!(%err, "some abandoned multipart uploads could not be aborted; retrying next interval");
+                    }
+                }
                 Err(err) => {
-                    tracing::warn!(%err, "aborting abandoned multipart uploads failed; retrying next interval")
+                    tracing::warn!(%err, "listing abandoned multipart uploads failed; retrying next interval")
                 }
             }
         }

@@ -26,17 +26,15 @@ pub enum Writer {
 }
 
 impl Writer {
-    async fn wait_for_capacity(&mut self, in_flight: usize) -> Result<(), StorageError> {
+    /// Appends `chunk`, waiting while `in_flight` parts are uploading.
+    async fn write(&mut self, chunk: Bytes, in_flight: usize) -> Result<(), StorageError> {
         match self {
-            Self::S3(parts) => parts.wait_for_capacity(in_flight).await,
-            Self::Local(local) => Ok(local.wait_for_capacity(in_flight).await?),
-        }
-    }
-
-    fn put(&mut self, chunk: Bytes) {
-        match self {
-            Self::S3(parts) => parts.put(chunk),
-            Self::Local(local) => local.put(chunk),
+            Self::S3(parts) => parts.write(chunk, in_flight).await,
+            Self::Local(local) => {
+                local.wait_for_capacity(in_flight).await?;
+                local.put(chunk);
+                Ok(())
+            }
         }
     }
 
@@ -118,11 +116,10 @@ impl UploadSink {
             return Err(StorageError::SizeMismatch { declared, received });
         }
         let writer = self.writer.as_mut().ok_or_else(finished)?;
-        writer.wait_for_capacity(self.parts_in_flight).await?;
         // Hashing a chunk (≤ a few MiB) takes a few milliseconds: cheap enough to stay
         // on the async worker, like TLS encryption would.
         self.hasher.update(&chunk);
-        writer.put(chunk);
+        writer.write(chunk, self.parts_in_flight).await?;
         self.received = received;
         Ok(())
     }

@@ -64,6 +64,12 @@ impl ServiceProcess {
         );
     }
 
+    /// Kills the process outright (SIGKILL: no shutdown path runs) and waits for it.
+    pub async fn kill(mut self) {
+        self.child.start_kill().ok();
+        self.child.wait().await.ok();
+    }
+
     pub fn pid(&self) -> u32 {
         self.pid
     }

@@ -76,19 +76,34 @@ impl TestS3 {
         self.service.url()
     }
 
-    /// The objects of `bucket` and every multipart upload in progress (s3s-fs keeps
-    /// parts as `.upload_id-*` files and upload state as `.upload-*` files at its root).
-    /// Its per-object `.bucket-*` bookkeeping files are not objects and are left out.
+    /// The objects of `bucket` and every multipart upload in progress.
     pub fn files(&self, bucket: &str) -> Vec<PathBuf> {
         let mut files = crate::files_below(&self.root.join(bucket));
-        files.extend(crate::files_below(&self.root).into_iter().filter(|path| {
-            path.parent() == Some(self.root.as_path())
-                && path
-                    .file_name()
-                    .and_then(|name| name.to_str())
-                    .is_some_and(|name| name.contains(".upload"))
-        }));
+        files.extend(self.multipart_files());
         files
+    }
+
+    /// What multipart uploads in progress hold: s3s-fs keeps parts as `.upload_id-*`
+    /// files and upload state as `.upload-*` files at its root. (Its per-object
+    /// `.bucket-*` bookkeeping files are not objects and are left out.)
+    pub fn multipart_files(&self) -> Vec<PathBuf> {
+        crate::files_below(&self.root)
+            .into_iter()
+            .filter(|path| {
+                path.parent() == Some(self.root.as_path())
+                    && path
+                        .file_name()
+                        .and_then(|name| name.to_str())
+                        .is_some_and(|name| name.contains(".upload"))
+            })
+            .collect()
+    }
+
+    /// Whether `path` (one of [`TestS3::multipart_files`]) is an uploaded part.
+    pub fn is_part(path: &Path) -> bool {
+        path.file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.starts_with(".upload_id-") && name.contains(".part-"))
     }
 
     pub fn root(&self) -> &Path {

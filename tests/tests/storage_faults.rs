@@ -7,7 +7,7 @@
 //! storage-service that is the server crashing mid-call, not a graceful drain.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -106,7 +106,7 @@ async fn an_s3_server_dying_mid_upload_fails_the_upload_and_stores_no_file() {
         loop {
             if let Some(part) = multipart_leftovers(&stack)
                 .into_iter()
-                .find(|path| is_part(path))
+                .find(|path| TestS3::is_part(path))
             {
                 return part;
             }
@@ -148,7 +148,7 @@ async fn an_s3_server_dying_mid_upload_fails_the_upload_and_stores_no_file() {
     // then, so the abort failed and its parts stayed on S3. The upload id is on record,
     // and the periodic cleanup aborts it again once S3 is back: nothing is left.
     assert!(
-        is_part(&first_part),
+        TestS3::is_part(&first_part),
         "the interrupted upload had a part on S3"
     );
     let leftovers = bounded("the cleanup of the abandoned multipart upload", async {
@@ -238,22 +238,6 @@ fn message(payload: upload_request::Payload) -> UploadRequest {
     }
 }
 
-/// The multipart-upload files s3s-fs keeps at its root (see [`TestS3::files`]).
 fn multipart_leftovers(stack: &Stack) -> Vec<PathBuf> {
-    let s3 = stack.s3.as_ref().expect("an S3 backend");
-    strongbox_tests::files_below(s3.root())
-        .into_iter()
-        .filter(|path| {
-            path.parent() == Some(s3.root())
-                && file_name(path).is_some_and(|name| name.contains(".upload"))
-        })
-        .collect()
-}
-
-fn is_part(path: &Path) -> bool {
-    file_name(path).is_some_and(|name| name.starts_with(".upload_id-") && name.contains(".part-"))
-}
-
-fn file_name(path: &Path) -> Option<&str> {
-    path.file_name().and_then(|name| name.to_str())
+    stack.s3.as_ref().expect("an S3 backend").multipart_files()
 }

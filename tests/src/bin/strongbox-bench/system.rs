@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
+use object_store::{ClientOptions, ObjectStore};
 use strongbox_proto::auth::v1::auth_service_client::AuthServiceClient;
 use strongbox_proto::auth::v1::{LoginRequest, RegisterRequest};
 use strongbox_tests::Scratch;
@@ -68,6 +68,12 @@ impl System {
                 ("STORAGE_SECRET_KEY", SECRET_KEY.to_owned()),
                 ("STORAGE_BUCKET", BUCKET.to_owned()),
                 ("AUTH_SERVICE_URL", auth.url.clone()),
+                // s3s-fs completes a multipart upload by copying its parts into one file;
+                // sixteen 1 GiB completions at once take longer than the 30 s default.
+                (
+                    "STORAGE_TIMEOUT_SECONDS",
+                    SLOW_S3_TIMEOUT.as_secs().to_string(),
+                ),
             ],
             storage_url,
         )
@@ -102,6 +108,7 @@ impl System {
                 .with_access_key_id(ACCESS_KEY)
                 .with_secret_access_key(SECRET_KEY)
                 .with_allow_http(true)
+                .with_client_options(ClientOptions::new().with_timeout(SLOW_S3_TIMEOUT))
                 .build()
                 .expect("an S3 client"),
         )
@@ -134,6 +141,9 @@ impl System {
         self.s3.files(BUCKET).len()
     }
 }
+
+/// Long enough for s3s-fs to complete large multipart uploads (see `System::start`).
+const SLOW_S3_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 pub const PASSWORD: &str = "a benchmark password";
 
