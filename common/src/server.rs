@@ -161,6 +161,7 @@ where
     if command == Some(crate::config::Command::Healthcheck) {
         return healthcheck(listen).await;
     }
+    crate::allocator::return_large_buffers_to_the_system();
     crate::telemetry::init();
     let listener = match bind(listen).await {
         Ok(listener) => listener,

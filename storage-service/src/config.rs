@@ -101,6 +101,12 @@ pub struct Config {
     #[arg(long, env = "UPLOAD_PART_SIZE", default_value_t = 8 * MIB)]
     pub upload_part_size: u64,
 
+    /// Memory all S3 uploads together may hold in part buffers, in bytes (at least one
+    /// part). An upload waits for room before it reads more, so memory stays bounded
+    /// however many upload at once.
+    #[arg(long, env = "UPLOAD_MEMORY_BYTES", default_value_t = 128 * MIB)]
+    pub upload_memory_bytes: u64,
+
     /// Parts of one upload in flight to the object store at once.
     #[arg(long, env = "UPLOAD_PARTS_IN_FLIGHT", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub upload_parts_in_flight: u64,

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::backend::Backend;
 use crate::error::StorageError;
 use crate::index::{Cursor, FileRow, Index};
-use crate::multipart::{Multipart, PartWriter};
+use crate::multipart::{Multipart, PartWriter, UploadMemory};
 use crate::names::{ObjectKey, SafeName, Sha256Hex};
 use crate::policy::{ContentType, UploadPolicy};
 use crate::sessions::SessionDigests;
@@ -35,6 +35,8 @@ pub struct Storage {
     pub index: Index,
     /// S3's multipart uploads with their ids on record; `None` for a local directory.
     pub multipart: Option<Multipart>,
+    /// The part buffers all S3 uploads share.
+    pub upload_memory: UploadMemory,
     pub policy: UploadPolicy,
     pub part_size: usize,
     pub parts_in_flight: usize,
@@ -101,6 +103,7 @@ impl Storage {
         let writer = match &self.multipart {
             Some(multipart) => Writer::S3(PartWriter::new(
                 multipart.clone(),
+                self.upload_memory.clone(),
                 path,
                 options,
                 self.part_size,

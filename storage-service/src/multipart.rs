@@ -14,11 +14,12 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use object_store::aws::AmazonS3;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{ObjectStore, PutMultipartOptions, PutOptions, PutPayload};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::error::StorageError;
@@ -115,54 +116,95 @@ impl Multipart {
     }
 }
 
-/// A stream's bytes on their way to S3: cut into parts of exactly `part_size` (slices of
-/// the received chunks, not copies), at most `in_flight` parts uploading at once. The
-/// multipart upload starts only when a first part is full, so a file smaller than a part
-/// is one PUT — one request instead of three, and nothing on S3 that could leak.
+/// A stream's bytes on their way to S3, in parts of exactly `part_size`, at most
+/// `in_flight` uploading at once. The multipart upload starts only when a first part is
+/// full, so a file smaller than a part is one PUT — one request instead of three, and
+/// nothing on S3 that could leak.
+///
+/// Chunks are copied into one buffer per part rather than kept as slices: a slice would
+/// pin the whole receive buffer it came from, so memory would depend on how messages
+/// happened to arrive. Each part buffer takes a slot of the service-wide upload memory
+/// ([`UploadMemory`]) before it is filled and frees it when its upload ends.
 pub struct PartWriter {
     multipart: Multipart,
+    memory: UploadMemory,
     path: Path,
     options: PutMultipartOptions,
     /// Set once the multipart upload has started.
     id: Option<String>,
     part_size: usize,
-    buffer: Vec<Bytes>,
-    buffered: usize,
+    /// The part being filled, and the memory slot it holds.
+    filling: Option<(BytesMut, OwnedSemaphorePermit)>,
     next_part: usize,
     uploading: JoinSet<Result<(usize, PartId), StorageError>>,
     done: Vec<Option<PartId>>,
 }
 
+/// The memory all uploads share, in part-sized slots. Waiting for a slot is fair
+/// (first come, first served), and every holder can finish its part with nothing but
+/// its client's bytes and S3, so no upload waits on another forever.
+#[derive(Clone)]
+pub struct UploadMemory(Arc<Semaphore>);
+
+impl UploadMemory {
+    /// Room for `budget` bytes of parts of `part_size`; at least one part.
+    pub fn new(budget: u64, part_size: u64) -> Result<Self, StorageError> {
+        let slots = budget / part_size.max(1);
+        if slots == 0 {
+            return Err(StorageError::Internal(format!(
+                "UPLOAD_MEMORY_BYTES ({budget}) must hold at least one part of UPLOAD_PART_SIZE ({part_size})"
+            )));
+        }
+        Ok(Self(Arc::new(Semaphore::new(slots as usize))))
+    }
+
+    async fn slot(&self) -> Result<OwnedSemaphorePermit, StorageError> {
+        self.0
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StorageError::Internal("upload memory is closed".into()))
+    }
+}
+
 impl PartWriter {
     pub fn new(
         multipart: Multipart,
+        memory: UploadMemory,
         path: Path,
         options: PutMultipartOptions,
         part_size: usize,
     ) -> Self {
         Self {
             multipart,
+            memory,
             path,
             options,
             id: None,
             part_size,
-            buffer: Vec::new(),
-            buffered: 0,
+            filling: None,
             next_part: 0,
             uploading: JoinSet::new(),
             done: Vec::new(),
         }
     }
 
-    /// Appends `chunk`, sending each part as it fills; waits while `in_flight` parts are
-    /// uploading (backpressure all the way to the client).
+    /// Appends `chunk`, sending each part as it fills; waits for a memory slot before
+    /// filling a part and while `in_flight` parts are uploading (backpressure all the
+    /// way to the client).
     pub async fn write(&mut self, mut chunk: Bytes, in_flight: usize) -> Result<(), StorageError> {
         while !chunk.is_empty() {
-            let room = self.part_size - self.buffered;
-            let piece = chunk.split_to(room.min(chunk.len()));
-            self.buffered += piece.len();
-            self.buffer.push(piece);
-            if self.buffered == self.part_size {
+            let (buffer, _) = match &mut self.filling {
+                Some(filling) => filling,
+                None => {
+                    let slot = self.memory.slot().await?;
+                    self.filling
+                        .insert((BytesMut::with_capacity(self.part_size), slot))
+                }
+            };
+            let piece = chunk.split_to((self.part_size - buffer.len()).min(chunk.len()));
+            buffer.extend_from_slice(&piece);
+            if buffer.len() == self.part_size {
                 while self.uploading.len() >= in_flight {
                     self.settle_one().await?;
                 }
@@ -172,7 +214,12 @@ impl PartWriter {
         Ok(())
     }
 
+    /// Sends the part being filled (if any), starting the multipart upload first if
+    /// this is its first part.
     async fn send_part(&mut self) -> Result<(), StorageError> {
+        let Some((buffer, slot)) = self.filling.take() else {
+            return Ok(());
+        };
         let id = match &self.id {
             Some(id) => id.clone(),
             None => {
@@ -184,14 +231,14 @@ impl PartWriter {
                 id
             }
         };
-        let data = PutPayload::from_iter(std::mem::take(&mut self.buffer));
-        self.buffered = 0;
+        let data = PutPayload::from_bytes(buffer.freeze());
         let index = self.next_part;
         self.next_part += 1;
         let (multipart, path) = (self.multipart.clone(), self.path.clone());
         self.uploading.spawn(async move {
-            let part = multipart.put_part(&path, &id, index, data).await?;
-            Ok((index, part))
+            let part = multipart.put_part(&path, &id, index, data).await;
+            drop(slot);
+            Ok((index, part?))
         });
         Ok(())
     }
@@ -213,7 +260,11 @@ impl PartWriter {
     /// the last part — and completes the object. On failure the caller aborts.
     pub async fn finish(&mut self) -> Result<(), StorageError> {
         let Some(id) = self.id.clone() else {
-            let data = PutPayload::from_iter(std::mem::take(&mut self.buffer));
+            // The slot is held until the PUT has sent the buffer.
+            let (data, _slot) = match self.filling.take() {
+                Some((buffer, slot)) => (PutPayload::from_bytes(buffer.freeze()), Some(slot)),
+                None => (PutPayload::default(), None),
+            };
             let options = PutOptions {
                 attributes: std::mem::take(&mut self.options.attributes),
                 ..Default::default()
@@ -224,9 +275,7 @@ impl PartWriter {
                 .await?;
             return Ok(());
         };
-        if self.buffered > 0 {
-            self.send_part().await?;
-        }
+        self.send_part().await?;
         while !self.uploading.is_empty() {
             self.settle_one().await?;
         }

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::error::StorageError;
 use crate::files::Storage;
 use crate::index::Index;
-use crate::multipart::Multipart;
+use crate::multipart::{Multipart, UploadMemory};
 use crate::policy::UploadPolicy;
 use crate::service::StorageApi;
 
@@ -93,6 +93,7 @@ async fn build(config: &Config) -> Result<Storage, StorageError> {
         backend,
         index,
         multipart,
+        upload_memory: UploadMemory::new(config.upload_memory_bytes, config.upload_part_size)?,
         policy: UploadPolicy::new(config.max_upload_bytes, &config.allowed_content_types),
         part_size: usize::try_from(config.upload_part_size)
             .map_err(|_| StorageError::Internal("UPLOAD_PART_SIZE is too large".into()))?,

@@ -107,8 +107,11 @@ impl System {
                 .with_region("us-east-1")
                 .with_access_key_id(ACCESS_KEY)
                 .with_secret_access_key(SECRET_KEY)
-                .with_allow_http(true)
-                .with_client_options(ClientOptions::new().with_timeout(SLOW_S3_TIMEOUT))
+                .with_client_options(
+                    ClientOptions::new()
+                        .with_allow_http(true)
+                        .with_timeout(SLOW_S3_TIMEOUT),
+                )
                 .build()
                 .expect("an S3 client"),
         )
