@@ -1,6 +1,5 @@
 //! What every Strongbox service shares, so that no service writes it twice:
 //!
-//! - [`allocator`]: heap tuning so large buffers go back to the system;
 //! - [`jwt`]: access-token claims and the one verifier every service uses;
 //! - [`config`]: `.env` loading and the arguments all services take;
 //! - [`http`]: HTTP details shared by the services (Content-Disposition);
@@ -10,7 +9,6 @@
 //! - [`sqlite`]: opening a service's database (WAL, busy timeout, foreign keys);
 //! - [`secrets`]: key material generated once into the data directory.
 
-pub mod allocator;
 pub mod config;
 pub mod http;
 pub mod jwt;

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use strongbox::Settings;
-use strongbox_common::{allocator, config, server, shutdown, telemetry};
+use strongbox_common::{config, server, shutdown, telemetry};
 
 /// Runs auth-service, storage-service and the gateway together. Every setting of the
 /// three services is read from the environment (and `.env`), as their own binaries
@@ -13,7 +13,6 @@ struct Args {}
 #[tokio::main]
 async fn main() -> ExitCode {
     let _: Args = config::load();
-    allocator::return_large_buffers_to_the_system();
     telemetry::init();
     let settings = Settings::from_env();
     let ready = |url: &str| {

@@ -104,7 +104,7 @@ pub struct Config {
     /// Memory all S3 uploads together may hold in part buffers, in bytes (at least one
     /// part). An upload waits for room before it reads more, so memory stays bounded
     /// however many upload at once.
-    #[arg(long, env = "UPLOAD_MEMORY_BYTES", default_value_t = 128 * MIB)]
+    #[arg(long, env = "UPLOAD_MEMORY_BYTES", default_value_t = 96 * MIB)]
     pub upload_memory_bytes: u64,
 
     /// Parts of one upload in flight to the object store at once.

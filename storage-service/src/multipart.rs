@@ -9,8 +9,9 @@
 //! previous run left) aborts it again until S3 confirms.
 //!
 //! The same parts carry both upload paths: a stream's bytes are cut into parts of
-//! `part_size` here, a resumable session's chunks are its parts (see `sessions.rs`),
-//! so completing a session is one `CompleteMultipartUpload`, not a copy.
+//! `part_size` here ([`PartWriter`], within the shared [`UploadMemory`]), a resumable
+//! session's chunks are its parts (see `sessions.rs`), so completing a session is one
+//! `CompleteMultipartUpload`, not a copy.
 
 use std::sync::Arc;
 

@@ -1,7 +1,7 @@
 //! A service binary run as its own process, for what only a process shows: the
-//! environment it accepts, its subcommands, and its memory. Peak memory is the kernel's
-//! high-water mark (`VmHWM` in `/proc/PID/status`), which counts every buffer the process
-//! ever touched; writing `5` to `/proc/PID/clear_refs` resets it between measurements.
+//! environment it accepts, its subcommands, its memory and CPU time, and what survives
+//! a kill. Peak memory is the kernel's high-water mark (`VmHWM` in `/proc/PID/status`),
+//! which counts every buffer the process ever touched.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -70,12 +70,7 @@ impl ServiceProcess {
         self.child.wait().await.ok();
     }
 
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    /// The most memory the process has held since it started or since the last
-    /// [`ServiceProcess::reset_peak_rss`], in bytes.
+    /// The most memory the process has held since it started, in bytes.
     pub fn peak_rss(&self) -> u64 {
         status_field(self.pid, "VmHWM:")
             .unwrap_or_else(|| panic!("{} has no VmHWM: did it exit?", self.name))
@@ -84,13 +79,6 @@ impl ServiceProcess {
     /// CPU time the process has used so far.
     pub fn cpu_time(&self) -> Duration {
         cpu_time(Some(self.pid))
-    }
-
-    /// Starts a new peak: from now on [`ServiceProcess::peak_rss`] reports the high-water
-    /// mark of what follows.
-    pub fn reset_peak_rss(&self) {
-        std::fs::write(format!("/proc/{}/clear_refs", self.pid), "5")
-            .unwrap_or_else(|err| panic!("cannot reset the peak RSS of {}: {err}", self.name));
     }
 }
 

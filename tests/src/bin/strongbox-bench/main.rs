@@ -72,7 +72,7 @@ fn main() {
 }
 
 async fn bench(plan: Plan) {
-    let system = system::System::start().await;
+    let mut system = system::System::start().await;
     if plan.auth_only {
         let auth = auth::measure(&system, plan.quick).await;
         println!("{}", report::auth_table(&auth));
@@ -82,7 +82,7 @@ async fn bench(plan: Plan) {
     let mut rows = Vec::new();
     for &size in &plan.sizes {
         for &concurrency in &plan.concurrency {
-            let row = uploads::measure(&system, &clients, size, concurrency).await;
+            let row = uploads::measure(&mut system, &clients, size, concurrency).await;
             println!("{}", report::throughput_line(&row));
             println!("{}", report::cpu_line(&row));
             rows.push(row);

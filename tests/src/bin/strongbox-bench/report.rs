@@ -118,8 +118,8 @@ pub fn render(plan: &Plan, rows: &[Row], auth: &AuthNumbers) -> String {
         let _ = writeln!(out, "{}", throughput_line(row));
     }
     out.push_str(
-        "\n## Peak memory\n\nPeak RSS in MiB (`VmHWM`, reset before each measurement) of storage-service,\n\
-         and storage-service / gateway where the gateway is in the path.\n\n\
+        "\n## Peak memory\n\nPeak RSS in MiB (`VmHWM`; the services are started afresh for each measurement)\n\
+         of storage-service, and storage-service / gateway where the gateway is in the path.\n\n\
          | size | concurrent | (b) storage | (c) storage / gateway | (d) storage / gateway |\n\
          |---|---|---|---|---|\n",
     );

@@ -25,11 +25,29 @@ pub struct System {
 
 /// A service process and where it listens.
 pub struct Service {
-    pub process: ServiceProcess,
+    process: Option<ServiceProcess>,
     pub url: String,
+    binary: std::path::PathBuf,
+    environment: BTreeMap<String, String>,
+    dir: std::path::PathBuf,
 }
 
 impl Service {
+    pub fn process(&self) -> &ServiceProcess {
+        self.process.as_ref().expect("the service runs")
+    }
+
+    /// Stops the process and starts a fresh one with the same settings and data. Each
+    /// measurement starts from fresh processes, so the heap one measurement leaves
+    /// behind (glibc keeps freed buffers for reuse) is not counted as the next one's peak.
+    pub async fn restart(&mut self) {
+        if let Some(old) = self.process.take() {
+            old.kill().await;
+        }
+        self.process =
+            Some(ServiceProcess::start(&self.binary, &self.environment, &self.dir).await);
+    }
+
     pub fn channel(&self) -> Channel {
         Endpoint::from_shared(self.url.clone())
             .expect("a valid URL")
@@ -168,13 +186,15 @@ async fn start<const N: usize>(
         .map(|(name, value)| (name.to_owned(), value))
         .collect();
     environment.insert("RUST_LOG".into(), "warn".into());
-    let process = ServiceProcess::start(
-        &workspace_binary_in(Profile::current(), binary),
-        &environment,
-        dir.path(),
-    )
-    .await;
-    Service { process, url }
+    let mut service = Service {
+        process: None,
+        url,
+        binary: workspace_binary_in(Profile::current(), binary),
+        environment,
+        dir: dir.path().to_path_buf(),
+    };
+    service.restart().await;
+    service
 }
 
 fn free_url() -> String {

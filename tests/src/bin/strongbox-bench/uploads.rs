@@ -74,8 +74,8 @@ impl<'a> CpuMeter<'a> {
     fn now(system: &System) -> [Duration; 3] {
         [
             cpu_time(None),
-            system.storage.process.cpu_time(),
-            system.gateway.process.cpu_time(),
+            system.storage.process().cpu_time(),
+            system.gateway.process().cpu_time(),
         ]
     }
 
@@ -115,9 +115,8 @@ impl Clients {
     }
 }
 
-pub async fn measure(system: &System, clients: &Clients, size: u64, concurrency: usize) -> Row {
+pub async fn measure(system: &mut System, clients: &Clients, size: u64, concurrency: usize) -> Row {
     let total = size * concurrency as u64;
-    let (storage, gateway) = (&system.storage.process, &system.gateway.process);
     let Clients {
         direct,
         token,
@@ -146,8 +145,8 @@ pub async fn measure(system: &System, clients: &Clients, size: u64, concurrency:
         .into_iter()
         .enumerate()
     {
-        storage.reset_peak_rss();
-        gateway.reset_peak_rss();
+        system.storage.restart().await;
+        system.gateway.restart().await;
         let meter = CpuMeter::start(system);
         let keys = run(concurrency, |_| {
             let block = block.clone();
@@ -165,9 +164,9 @@ pub async fn measure(system: &System, clients: &Clients, size: u64, concurrency:
         let (elapsed, keys) = timed(keys).await;
         cpu[column + 1] = meter.per_mib(total);
         rates[column + 1] = total as f64 / MIB as f64 / elapsed.as_secs_f64();
-        storage_peak[column] = mib(storage.peak_rss());
+        storage_peak[column] = mib(system.storage.process().peak_rss());
         if column > 0 {
-            gateway_peak[column - 1] = mib(gateway.peak_rss());
+            gateway_peak[column - 1] = mib(system.gateway.process().peak_rss());
         }
         delete_all(clients.storage.clone(), token, keys).await;
     }
