@@ -101,10 +101,11 @@ pub struct Config {
     #[arg(long, env = "UPLOAD_PART_SIZE", default_value_t = 8 * MIB)]
     pub upload_part_size: u64,
 
-    /// Memory all S3 uploads together may hold in part buffers, in bytes (at least one
-    /// part). An upload waits for room before it reads more, so memory stays bounded
-    /// however many upload at once.
-    #[arg(long, env = "UPLOAD_MEMORY_BYTES", default_value_t = 96 * MIB)]
+    /// Memory all S3 uploads together may hold in parts on their way to S3, in bytes (at
+    /// least one part). A full part waits for room before it is sent, and its upload
+    /// reads no more meanwhile, so memory stays bounded however many upload at once:
+    /// this, plus one part being filled per upload.
+    #[arg(long, env = "UPLOAD_MEMORY_BYTES", default_value_t = 64 * MIB)]
     pub upload_memory_bytes: u64,
 
     /// Parts of one upload in flight to the object store at once.

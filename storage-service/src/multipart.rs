@@ -124,8 +124,8 @@ impl Multipart {
 ///
 /// Chunks are copied into one buffer per part rather than kept as slices: a slice would
 /// pin the whole receive buffer it came from, so memory would depend on how messages
-/// happened to arrive. Each part buffer takes a slot of the service-wide upload memory
-/// ([`UploadMemory`]) before it is filled and frees it when its upload ends.
+/// happened to arrive. A part takes a slot of the service-wide [`UploadMemory`] to go
+/// to S3 and frees it when its request ends.
 pub struct PartWriter {
     multipart: Multipart,
     memory: UploadMemory,
@@ -134,16 +134,21 @@ pub struct PartWriter {
     /// Set once the multipart upload has started.
     id: Option<String>,
     part_size: usize,
-    /// The part being filled, and the memory slot it holds.
-    filling: Option<(BytesMut, OwnedSemaphorePermit)>,
+    /// The part being filled.
+    filling: Option<BytesMut>,
     next_part: usize,
     uploading: JoinSet<Result<(usize, PartId), StorageError>>,
     done: Vec<Option<PartId>>,
 }
 
-/// The memory all uploads share, in part-sized slots. Waiting for a slot is fair
-/// (first come, first served), and every holder can finish its part with nothing but
-/// its client's bytes and S3, so no upload waits on another forever.
+/// The memory all uploads share for parts on their way to S3, in part-sized slots.
+///
+/// Only parts already filled take a slot, never a part still waiting for its client's
+/// bytes: a slot is then always freed by S3 answering (or timing out), whatever any
+/// client does. (Taking a slot before filling deadlocks: uploads waiting for a slot stop
+/// reading, their unread bytes use up the HTTP/2 connection's window they share with
+/// the slot holders, and the holders never receive the rest of their parts.) Waiting is
+/// fair, first come, first served.
 #[derive(Clone)]
 pub struct UploadMemory(Arc<Semaphore>);
 
@@ -190,19 +195,15 @@ impl PartWriter {
         }
     }
 
-    /// Appends `chunk`, sending each part as it fills; waits for a memory slot before
-    /// filling a part and while `in_flight` parts are uploading (backpressure all the
-    /// way to the client).
+    /// Appends `chunk`, sending each part as it fills; a full part waits while
+    /// `in_flight` parts of this upload are uploading and for a memory slot
+    /// (backpressure all the way to the client).
     pub async fn write(&mut self, mut chunk: Bytes, in_flight: usize) -> Result<(), StorageError> {
         while !chunk.is_empty() {
-            let (buffer, _) = match &mut self.filling {
-                Some(filling) => filling,
-                None => {
-                    let slot = self.memory.slot().await?;
-                    self.filling
-                        .insert((BytesMut::with_capacity(self.part_size), slot))
-                }
-            };
+            let part_size = self.part_size;
+            let buffer = self
+                .filling
+                .get_or_insert_with(|| BytesMut::with_capacity(part_size));
             let piece = chunk.split_to((self.part_size - buffer.len()).min(chunk.len()));
             buffer.extend_from_slice(&piece);
             if buffer.len() == self.part_size {
@@ -218,9 +219,10 @@ impl PartWriter {
     /// Sends the part being filled (if any), starting the multipart upload first if
     /// this is its first part.
     async fn send_part(&mut self) -> Result<(), StorageError> {
-        let Some((buffer, slot)) = self.filling.take() else {
+        let Some(buffer) = self.filling.take() else {
             return Ok(());
         };
+        let slot = self.memory.slot().await?;
         let id = match &self.id {
             Some(id) => id.clone(),
             None => {
@@ -261,11 +263,12 @@ impl PartWriter {
     /// the last part — and completes the object. On failure the caller aborts.
     pub async fn finish(&mut self) -> Result<(), StorageError> {
         let Some(id) = self.id.clone() else {
-            // The slot is held until the PUT has sent the buffer.
-            let (data, _slot) = match self.filling.take() {
-                Some((buffer, slot)) => (PutPayload::from_bytes(buffer.freeze()), Some(slot)),
-                None => (PutPayload::default(), None),
-            };
+            let data = self
+                .filling
+                .take()
+                .map(|buffer| PutPayload::from_bytes(buffer.freeze()))
+                .unwrap_or_default();
+            let _slot = self.memory.slot().await?;
             let options = PutOptions {
                 attributes: std::mem::take(&mut self.options.attributes),
                 ..Default::default()

@@ -1,6 +1,7 @@
 //! The streaming core: bytes go into a multipart upload part by part, hashed and
 //! counted on the way, so one upload holds at most `parts_in_flight + 1` parts whatever
-//! the file size (and, on S3, all uploads together at most `UPLOAD_MEMORY_BYTES`).
+//! the file size (and, on S3, all uploads' parts in flight together at most
+//! `UPLOAD_MEMORY_BYTES`).
 //!
 //! A multipart upload that is neither finished nor aborted leaks parts on the server, so
 //! every path out of an [`UploadSink`] ends in `finish` or `abort`: errors abort

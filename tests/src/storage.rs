@@ -9,8 +9,9 @@ use sha2::{Digest, Sha256};
 use strongbox_proto::auth::v1::MeRequest;
 use strongbox_proto::storage::v1::storage_service_client::StorageServiceClient;
 use strongbox_proto::storage::v1::{
-    DownloadRequest, FileInfo, FileMetadata, ListFilesRequest, UploadEnd, UploadRequest,
-    UploadResponse, download_response, upload_request,
+    CompleteUploadRequest, CreateUploadRequest, CreateUploadResponse, DownloadRequest, FileInfo,
+    FileMetadata, ListFilesRequest, UploadEnd, UploadRequest, UploadResponse, download_response,
+    upload_request,
 };
 use tonic::transport::Channel;
 use tonic::{Request, Status};
@@ -178,6 +179,30 @@ impl User {
             ..metadata(filename, "application/octet-stream")
         };
         self.upload(declared, chunks).await
+    }
+
+    /// Starts a resumable session for `metadata`.
+    pub async fn create_session(&self, metadata: FileMetadata) -> CreateUploadResponse {
+        self.client()
+            .create_upload(self.req(CreateUploadRequest {
+                metadata: Some(metadata),
+            }))
+            .await
+            .expect("CreateUpload")
+            .into_inner()
+    }
+
+    /// Completes a resumable session into its file.
+    pub async fn complete_session(&self, upload_id: &str) -> FileInfo {
+        self.client()
+            .complete_upload(self.req(CompleteUploadRequest {
+                upload_id: upload_id.to_owned(),
+            }))
+            .await
+            .expect("CompleteUpload")
+            .into_inner()
+            .file
+            .expect("the stored file")
     }
 
     /// Downloads a file through the Download stream: its info and its bytes.

@@ -11,8 +11,7 @@ use strongbox_proto::auth::v1::auth_service_client::AuthServiceClient;
 use strongbox_proto::auth::v1::{LoginRequest, MeRequest, RefreshRequest, RegisterRequest};
 use strongbox_proto::storage::v1::storage_service_client::StorageServiceClient;
 use strongbox_proto::storage::v1::{
-    CompleteUploadRequest, CreateUploadRequest, FileMetadata, GetUploadStatusRequest,
-    UploadChunkRequest, UploadRequest, upload_request,
+    FileMetadata, GetUploadStatusRequest, UploadChunkRequest, UploadRequest, upload_request,
 };
 use strongbox_tests::Scratch;
 use strongbox_tests::auth::{PASSWORD, TestAuth, with_bearer};
@@ -160,14 +159,7 @@ async fn a_killed_storage_service_resumes_a_session_from_its_last_acknowledged_o
         sha256: Some(sha256_hex(&content)),
         ..metadata("film.mkv", "video/x-matroska")
     };
-    let session = user
-        .client()
-        .create_upload(user.req(CreateUploadRequest {
-            metadata: Some(declared),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let session = user.create_session(declared).await;
     let chunk = |start: usize| UploadChunkRequest {
         upload_id: session.upload_id.clone(),
         offset: start as u64,
@@ -209,16 +201,7 @@ async fn a_killed_storage_service_resumes_a_session_from_its_last_acknowledged_o
             .into_inner()
             .offset as usize;
     }
-    let file = user
-        .client()
-        .complete_upload(user.req(CompleteUploadRequest {
-            upload_id: session.upload_id,
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .file
-        .unwrap();
+    let file = user.complete_session(&session.upload_id).await;
     // The running digest died with the process; the object was read back for it.
     assert_eq!(file.sha256, sha256_hex(&content));
     let (_, downloaded) = user.download(&file.key).await.unwrap();
