@@ -15,7 +15,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use strongbox_proto::storage::v1::storage_service_client::StorageServiceClient;
 use strongbox_proto::storage::v1::{
-    CompleteUploadRequest, CreateUploadRequest, DeleteFileRequest, FileMetadata,
+    CompleteUploadRequest, CreateUploadRequest, DeleteFileRequest, FileMetadata, ListFilesRequest,
     UploadChunkRequest, UploadEnd, UploadRequest, upload_request,
 };
 use strongbox_tests::auth::with_bearer;
@@ -147,6 +147,7 @@ pub async fn measure(system: &mut System, clients: &Clients, size: u64, concurre
     {
         system.storage.restart().await;
         system.gateway.restart().await;
+        warm_up(clients).await;
         let meter = CpuMeter::start(system);
         let keys = run(concurrency, |_| {
             let block = block.clone();
@@ -178,6 +179,30 @@ pub async fn measure(system: &mut System, clients: &Clients, size: u64, concurre
         gateway_peak,
         cpu,
     }
+}
+
+/// One call on every path, so fresh processes have their connections open and the
+/// signing key fetched before anything is timed (as a running service would).
+async fn warm_up(clients: &Clients) {
+    let list = || with_bearer(ListFilesRequest::default(), &clients.token);
+    clients
+        .storage
+        .clone()
+        .list_files(list())
+        .await
+        .expect("storage-service answers");
+    clients
+        .gateway
+        .clone()
+        .list_files(list())
+        .await
+        .expect("the gateway answers");
+    clients
+        .grpc_web
+        .clone()
+        .list_files(list())
+        .await
+        .expect("the gateway answers grpc-web");
 }
 
 #[derive(Clone, Copy)]
