@@ -248,16 +248,15 @@ impl Index {
         Ok(())
     }
 
-    /// The id of the multipart upload building `key`.
-    pub async fn multipart_id(&self, key: &str) -> Result<String, StorageError> {
+    /// The id of the multipart upload building `key`, while it is neither completed nor
+    /// aborted.
+    pub async fn multipart_id(&self, key: &str) -> Result<Option<String>, StorageError> {
         let row: Option<(String,)> =
             sqlx::query_as("SELECT upload_id FROM multipart_uploads WHERE key = ?")
                 .bind(key)
                 .fetch_optional(&self.pool)
                 .await?;
-        row.map(|(id,)| id).ok_or_else(|| {
-            StorageError::Internal(format!("no multipart upload recorded for {key}"))
-        })
+        Ok(row.map(|(id,)| id))
     }
 
     /// Forgets a multipart upload that was completed or aborted.

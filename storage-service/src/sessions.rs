@@ -191,7 +191,15 @@ impl Storage {
                  (min_chunk_size); this one holds {length}"
             )));
         }
-        let upload_id = self.index.multipart_id(&session.key).await?;
+        let upload_id = self
+            .index
+            .multipart_id(&session.key)
+            .await?
+            .ok_or_else(|| {
+                StorageError::FailedPrecondition(
+                    "this upload's parts were already assembled; call CompleteUpload again".into(),
+                )
+            })?;
         let path = ObjectKey::from_stored(session.key.clone()).path();
         let part = multipart
             .put_part(
@@ -288,7 +296,10 @@ impl Storage {
         }
     }
 
-    /// On S3: completes the multipart upload from the recorded parts.
+    /// On S3: completes the multipart upload from the recorded parts, then makes it a
+    /// file. A failure after S3 completed the object (reading it back, the index) leaves
+    /// the session open with the object in place, so CompleteUpload can simply be called
+    /// again; a session discarded instead removes the object.
     async fn complete_parts(
         &self,
         multipart: &Multipart,
@@ -296,50 +307,48 @@ impl Storage {
     ) -> Result<FileRow, StorageError> {
         let file = new_file(session)?;
         let path = file.key.path();
-        let parts = self
-            .index
-            .chunks(&session.id)
-            .await?
-            .into_iter()
-            .map(|chunk| {
-                chunk
-                    .etag
-                    .map(|content_id| PartId { content_id })
-                    .ok_or_else(|| StorageError::Internal("a chunk has no part ETag".into()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if parts.is_empty() {
-            // An empty file: S3 wants one part, even an empty one.
-            let upload_id = self.index.multipart_id(&session.key).await?;
-            let empty = multipart
-                .put_part(&path, &upload_id, 0, PutPayload::default())
-                .await?;
-            multipart.complete(&path, &upload_id, vec![empty]).await?;
-        } else {
-            let upload_id = self.index.multipart_id(&session.key).await?;
+        // Not on record any more: an earlier CompleteUpload got this far.
+        if let Some(upload_id) = self.index.multipart_id(&session.key).await? {
+            let mut parts = self
+                .index
+                .chunks(&session.id)
+                .await?
+                .into_iter()
+                .map(|chunk| {
+                    chunk
+                        .etag
+                        .map(|content_id| PartId { content_id })
+                        .ok_or_else(|| StorageError::Internal("a chunk has no part ETag".into()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if parts.is_empty() {
+                // An empty file: S3 wants one part, even an empty one.
+                parts.push(
+                    multipart
+                        .put_part(&path, &upload_id, 0, PutPayload::default())
+                        .await?,
+                );
+            }
             multipart.complete(&path, &upload_id, parts).await?;
         }
         let sha256 = match self.digests.finish(&session.id, session.received as u64) {
             Some(sha256) => sha256,
             None => self.digest_of(&path).await?,
         };
+        // On a mismatch the caller discards the session, which removes the object.
         if let Some(declared) = file
             .expect
             .sha256
             .as_ref()
             .filter(|&declared| *declared != sha256)
         {
-            self.remove_object(&file.key).await;
             return Err(StorageError::ChecksumMismatch {
                 declared: declared.as_str().to_owned(),
                 actual: sha256.as_str().to_owned(),
             });
         }
         let row = file_row(&file, session.received as u64, sha256.as_str());
-        if let Err(err) = self.index.complete_session(&session.id, &row).await {
-            self.remove_object(&file.key).await;
-            return Err(err);
-        }
+        self.index.complete_session(&session.id, &row).await?;
         Ok(row)
     }
 
@@ -429,11 +438,15 @@ impl Storage {
             self.remove_staging(id).await;
             return;
         };
-        // No recorded upload: it was completed after all (a checksum mismatch removed
-        // the object itself).
-        if let Ok(upload_id) = self.index.multipart_id(&session.key).await {
-            let path = ObjectKey::from_stored(session.key.clone()).path();
-            multipart.abort(&path, &upload_id).await;
+        let key = ObjectKey::from_stored(session.key.clone());
+        match self.index.multipart_id(&session.key).await {
+            Ok(Some(upload_id)) => multipart.abort(&key.path(), &upload_id).await,
+            // Completed on S3 but never made a file (a checksum mismatch, or a failure
+            // after completion): the object goes with the session.
+            Ok(None) => self.remove_object(&key).await,
+            Err(err) => {
+                tracing::warn!(%err, upload_id = %id, "cannot look up a session's multipart upload");
+            }
         }
     }
 

@@ -46,7 +46,48 @@ on_both_backends!(
     resumable_upload_survives_a_restart,
     unfinished_sessions_expire_and_are_cleaned_up,
     download_urls_open_with_a_plain_http_get,
+    a_session_with_a_wrong_checksum_is_data_loss_and_leaves_nothing,
 );
+
+async fn a_session_with_a_wrong_checksum_is_data_loss_and_leaves_nothing(backend: Backend) {
+    let stack = Stack::start(backend, |_| {}).await;
+    let user = stack.user("mismatch").await;
+    let content = pseudo_random(6 * 1024 * 1024 + 1, 9);
+    let declared = FileMetadata {
+        size: Some(content.len() as u64),
+        sha256: Some(sha256_hex(b"something else")),
+        ..metadata("wrong.bin", "")
+    };
+    let session = user.create_session(declared).await;
+    user.client()
+        .upload_chunk(user.req(UploadChunkRequest {
+            upload_id: session.upload_id.clone(),
+            offset: 0,
+            data: Bytes::from(content),
+        }))
+        .await
+        .unwrap();
+    let completed = user
+        .client()
+        .complete_upload(user.req(CompleteUploadRequest {
+            upload_id: session.upload_id.clone(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(completed.code(), Code::DataLoss, "{completed:?}");
+    assert!(user.list_all().await.is_empty());
+    let gone = user
+        .client()
+        .get_upload_status(user.req(GetUploadStatusRequest {
+            upload_id: session.upload_id,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    // Neither the completed object (S3) nor the staged chunk (local) is left.
+    let left = stack.settle_stored_files(0).await;
+    assert!(left.is_empty(), "{left:?}");
+}
 
 /// The upload memory (`UPLOAD_MEMORY_BYTES`) is shared by every S3 upload in part-sized
 /// slots. With room for a single part, concurrent multi-part uploads must take turns —
