@@ -13,13 +13,23 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 
-/// HTTP/2 flow-control windows. hyper's 1 MiB default lets one stream carry at most
-/// 1 MiB per round trip (100 MiB/s at 10 ms); larger windows also mean more unread
-/// bytes a slow service holds per stream, so they stay modest.
-const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
-/// Frames of up to 1 MiB instead of 16 KiB: fewer frames per multi-MiB message.
-const MAX_FRAME: u32 = 1024 * 1024;
+/// HTTP/2 flow control of every server here (the services and the gateway).
+///
+/// An upload that waits for memory in storage-service stops reading, and what its client
+/// already sent stays in HTTP/2 buffers, up to its stream window. The connection window
+/// is all streams' windows together, so streams that wait can never use it up and
+/// starve the streams that hold memory and need the rest of their bytes to free it.
+/// (With a connection window smaller than that, uploads sharing one connection —
+/// everything the gateway forwards does — can deadlock.) Unread bytes per connection
+/// stay bounded by the streams open on it, one stream window each.
+pub mod flow {
+    /// Per stream: 1 MiB per round trip, ~1 GiB/s at 1 ms.
+    pub const STREAM_WINDOW: u32 = 1024 * 1024;
+    pub const MAX_CONCURRENT_STREAMS: u32 = 128;
+    pub const CONNECTION_WINDOW: u32 = STREAM_WINDOW * MAX_CONCURRENT_STREAMS;
+    /// Frames of up to 1 MiB instead of 16 KiB: fewer frames per multi-MiB message.
+    pub const MAX_FRAME: u32 = 1024 * 1024;
+}
 
 /// Metadata key carrying a request id across services.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -80,9 +90,10 @@ pub async fn serve(
     Server::builder()
         .trace_fn(call_span)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME)
+        .initial_stream_window_size(flow::STREAM_WINDOW)
+        .initial_connection_window_size(flow::CONNECTION_WINDOW)
+        .max_concurrent_streams(flow::MAX_CONCURRENT_STREAMS)
+        .max_frame_size(flow::MAX_FRAME)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

@@ -13,16 +13,20 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use http::{HeaderName, HeaderValue, Method};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use strongbox_common::jwt::Verifier;
-use strongbox_common::server::{self, REQUEST_ID_HEADER};
+use strongbox_common::server::{self, REQUEST_ID_HEADER, flow};
 use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
 use tonic_web::GrpcWebLayer;
@@ -104,17 +108,62 @@ pub async fn run(
         .layer(middleware::from_fn(in_span));
 
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-    // Small replies must not wait in Nagle's buffer for the peer's delayed ACK (40 ms).
-    let listener = listener.tap_io(|socket| {
+    serve_http(listener, app, shutdown).await;
+    watcher.abort();
+    Ok(())
+}
+
+/// Serves `app` over HTTP/1.1 and HTTP/2 until `shutdown` resolves, then waits for open
+/// connections to finish. Not `axum::serve`: the HTTP/2 windows must be the services'
+/// ([`server::flow`]), since the gateway forwards uploads that may wait for memory.
+async fn serve_http(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .initial_stream_window_size(flow::STREAM_WINDOW)
+        .initial_connection_window_size(flow::CONNECTION_WINDOW)
+        .max_concurrent_streams(flow::MAX_CONCURRENT_STREAMS)
+        .max_frame_size(flow::MAX_FRAME)
+        .keep_alive_interval(Duration::from_secs(30))
+        .timer(TokioTimer::new());
+    let connections = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let socket = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => socket,
+                Err(err) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(%err, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Small replies must not wait in Nagle's buffer for the peer's delayed ACK (40 ms).
         if let Err(err) = socket.set_nodelay(true) {
             tracing::warn!(%err, "cannot set TCP_NODELAY on a connection");
         }
-    });
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
-    watcher.abort();
-    Ok(served?)
+        let connection = builder
+            .serve_connection_with_upgrades(
+                TokioIo::new(socket),
+                TowerToHyperService::new(app.clone()),
+            )
+            .into_owned();
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%err, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    connections.shutdown().await;
 }
 
 /// CORS for grpc-web from other origins; with no origins configured, only the page's

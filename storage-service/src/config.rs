@@ -101,12 +101,17 @@ pub struct Config {
     #[arg(long, env = "UPLOAD_PART_SIZE", default_value_t = 8 * MIB)]
     pub upload_part_size: u64,
 
-    /// Memory all S3 uploads together may hold in parts on their way to S3, in bytes (at
-    /// least one part). A full part waits for room before it is sent, and its upload
-    /// reads no more meanwhile, so memory stays bounded however many upload at once:
-    /// this, plus one part being filled per upload.
+    /// Memory all uploads together may hold in file data (parts being filled or on
+    /// their way to storage, resumable-session chunks), in bytes; at least one part and one
+    /// chunk. An upload waits for room before it reads more, so memory stays bounded
+    /// however many upload at once.
     #[arg(long, env = "UPLOAD_MEMORY_BYTES", default_value_t = 64 * MIB)]
     pub upload_memory_bytes: u64,
+
+    /// An Upload stream that sends nothing for this many seconds is cancelled and
+    /// nothing of it is stored, so a stalled client cannot hold upload memory.
+    #[arg(long, env = "UPLOAD_IDLE_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub upload_idle_timeout_seconds: u64,
 
     /// Parts of one upload in flight to the object store at once.
     #[arg(long, env = "UPLOAD_PARTS_IN_FLIGHT", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
@@ -162,6 +167,10 @@ impl Config {
 
     pub fn storage_timeout(&self) -> Duration {
         Duration::from_secs(self.storage_timeout_seconds)
+    }
+
+    pub fn upload_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.upload_idle_timeout_seconds)
     }
 
     pub fn upload_session_ttl(&self) -> Duration {

@@ -7,18 +7,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures::{Stream, StreamExt, TryStreamExt};
-use object_store::{ObjectStoreExt, WriteMultipart};
+use object_store::ObjectStoreExt;
 use strongbox_proto::storage::v1::{FileInfo, FileMetadata, download_response};
 use uuid::Uuid;
 
 use crate::backend::Backend;
 use crate::error::StorageError;
 use crate::index::{Cursor, FileRow, Index};
-use crate::multipart::{Multipart, PartWriter, UploadMemory};
+use crate::memory::UploadMemory;
+use crate::multipart::Multipart;
 use crate::names::{ObjectKey, SafeName, Sha256Hex};
+use crate::parts::{Destination, PartWriter};
 use crate::policy::{ContentType, UploadPolicy};
 use crate::sessions::SessionDigests;
-use crate::sink::{Expectations, UploadSink, Writer};
+use crate::sink::{Expectations, UploadSink};
 
 pub const STATUS_UPLOADED: &str = "uploaded";
 /// Original filenames longer than this are refused (the key uses a shortened form anyway).
@@ -35,7 +37,7 @@ pub struct Storage {
     pub index: Index,
     /// S3's multipart uploads with their ids on record; `None` for a local directory.
     pub multipart: Option<Multipart>,
-    /// The part buffers all S3 uploads share.
+    /// The memory all uploads' file data shares.
     pub upload_memory: UploadMemory,
     pub policy: UploadPolicy,
     pub part_size: usize,
@@ -94,34 +96,24 @@ impl Storage {
         })
     }
 
-    /// Starts the multipart upload of `file`'s object.
-    pub async fn open_sink(&self, file: &NewFile) -> Result<UploadSink, StorageError> {
+    /// Where `file`'s bytes go; its multipart upload starts once a first part is full.
+    pub fn open_sink(&self, file: &NewFile) -> UploadSink {
         let options = self
             .backend
             .put_options(&file.filename, file.content_type.as_str());
-        let path = file.key.path();
-        let writer = match &self.multipart {
-            Some(multipart) => Writer::S3(PartWriter::new(
-                multipart.clone(),
-                self.upload_memory.clone(),
-                path,
-                options,
-                self.part_size,
-            )),
-            None => {
-                let upload = self
-                    .backend
-                    .store
-                    .put_multipart_opts(&path, options)
-                    .await?;
-                Writer::Local(WriteMultipart::new_with_chunk_size(upload, self.part_size))
-            }
+        let destination = match &self.multipart {
+            Some(multipart) => Destination::S3(multipart.clone()),
+            None => Destination::Local(self.backend.store.clone()),
         };
-        Ok(UploadSink::new(
-            writer,
-            self.parts_in_flight,
-            file.expect.clone(),
-        ))
+        let writer = PartWriter::new(
+            destination,
+            self.upload_memory.clone(),
+            file.key.path(),
+            options,
+            self.part_size,
+            file.expect.size,
+        );
+        UploadSink::new(writer, self.parts_in_flight, file.expect.clone())
     }
 
     /// Completes the object and makes it a visible file.

@@ -14,8 +14,10 @@ use crate::backend::Backend;
 use crate::config::Config;
 use crate::error::StorageError;
 use crate::files::Storage;
+use crate::guard::UploadGuard;
 use crate::index::Index;
-use crate::multipart::{Multipart, UploadMemory};
+use crate::memory::UploadMemory;
+use crate::multipart::Multipart;
 use crate::policy::UploadPolicy;
 use crate::service::StorageApi;
 
@@ -42,6 +44,13 @@ pub async fn run(
     let service = StorageServiceServer::new(api)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
+
+    let service = UploadGuard::new(
+        service,
+        storage.upload_memory.clone(),
+        config.max_chunk_bytes as usize,
+        config.upload_idle_timeout(),
+    );
 
     let (routes, health) = server::base_routes();
     let routes = routes.add_service(service);
@@ -93,7 +102,10 @@ async fn build(config: &Config) -> Result<Storage, StorageError> {
         backend,
         index,
         multipart,
-        upload_memory: UploadMemory::new(config.upload_memory_bytes, config.upload_part_size)?,
+        upload_memory: UploadMemory::new(
+            config.upload_memory_bytes,
+            config.upload_part_size.max(config.max_chunk_bytes),
+        )?,
         policy: UploadPolicy::new(config.max_upload_bytes, &config.allowed_content_types),
         part_size: usize::try_from(config.upload_part_size)
             .map_err(|_| StorageError::Internal("UPLOAD_PART_SIZE is too large".into()))?,
@@ -123,12 +135,13 @@ fn sweep_interval(ttl: Duration) -> Duration {
     (ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(600))
 }
 
-/// The periodic cleanup: expired sessions, and multipart uploads whose abort failed or
-/// that a previous run left behind.
+/// The periodic cleanup: expired sessions, multipart uploads whose abort failed or
+/// that a previous run left behind, and upload memory left idle since the last round.
 async fn clean_up(storage: Arc<Storage>, interval: Duration) {
     let mut ticks = tokio::time::interval(interval);
     loop {
         ticks.tick().await;
+        storage.upload_memory.trim();
         match storage.purge_expired_sessions().await {
             Ok(0) => {}
             Ok(purged) => tracing::info!(purged, "removed expired upload sessions"),

@@ -51,7 +51,7 @@ async fn store_stream(
     let first = stream.message().await.map_err(StorageError::ClientStream)?;
     let (metadata, mut protocol) = UploadProtocol::start(first)?;
     let file = storage.plan(user, metadata)?;
-    let mut sink = storage.open_sink(&file).await?;
+    let mut sink = storage.open_sink(&file);
     if let Err(err) = receive(&mut stream, &mut protocol, &mut sink).await {
         tracing::info!(%err, received = sink.received(), "upload failed; aborting");
         sink.abort().await;

@@ -366,7 +366,7 @@ impl Storage {
     /// On a local directory: streams the staged chunks into the file.
     async fn assemble(&self, session: &SessionRow) -> Result<FileRow, StorageError> {
         let file = new_file(session)?;
-        let mut sink = self.open_sink(&file).await?;
+        let mut sink = self.open_sink(&file);
         for chunk in self.index.chunks(&session.id).await? {
             let staged = self
                 .backend

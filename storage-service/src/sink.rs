@@ -1,7 +1,6 @@
-//! The streaming core: bytes go into a multipart upload part by part, hashed and
-//! counted on the way, so one upload holds at most `parts_in_flight + 1` parts whatever
-//! the file size (and, on S3, all uploads' parts in flight together at most
-//! `UPLOAD_MEMORY_BYTES`).
+//! The streaming core: bytes go into a multipart upload part by part (`parts.rs`),
+//! hashed and counted on the way, so one upload holds at most `parts_in_flight + 1`
+//! parts whatever the file size, and all uploads together at most `UPLOAD_MEMORY_BYTES`.
 //!
 //! A multipart upload that is neither finished nor aborted leaks parts on the server, so
 //! every path out of an [`UploadSink`] ends in `finish` or `abort`: errors abort
@@ -11,60 +10,11 @@
 //! `multipart.rs`); a local directory's upload is a temp file, removed on abort.
 
 use bytes::Bytes;
-use object_store::WriteMultipart;
 use sha2::{Digest, Sha256};
 
 use crate::error::StorageError;
-use crate::multipart::PartWriter;
 use crate::names::Sha256Hex;
-
-/// Where the parts go.
-pub enum Writer {
-    /// S3: parts we send ourselves, with the upload id on record.
-    S3(PartWriter),
-    /// A local directory: `object_store`'s own multipart (a temp file, renamed on finish).
-    Local(WriteMultipart),
-}
-
-impl Writer {
-    /// Appends `chunk`, waiting while `in_flight` parts are uploading.
-    async fn write(&mut self, chunk: Bytes, in_flight: usize) -> Result<(), StorageError> {
-        match self {
-            Self::S3(parts) => parts.write(chunk, in_flight).await,
-            Self::Local(local) => {
-                local.wait_for_capacity(in_flight).await?;
-                local.put(chunk);
-                Ok(())
-            }
-        }
-    }
-
-    /// Completes the object, or aborts it and returns why not.
-    async fn finish(self) -> Result<(), StorageError> {
-        match self {
-            Self::S3(mut parts) => match parts.finish().await {
-                Ok(()) => Ok(()),
-                Err(err) => {
-                    parts.abort().await;
-                    Err(err)
-                }
-            },
-            // On failure `finish` aborts the upload itself.
-            Self::Local(local) => local.finish().await.map(drop).map_err(Into::into),
-        }
-    }
-
-    async fn abort(self) {
-        match self {
-            Self::S3(parts) => parts.abort().await,
-            Self::Local(local) => {
-                if let Err(err) = local.abort().await {
-                    tracing::warn!(%err, "aborting an upload to the local directory failed");
-                }
-            }
-        }
-    }
-}
+use crate::parts::PartWriter;
 
 /// What a finished upload turned out to be.
 #[derive(Debug, Clone)]
@@ -82,7 +32,7 @@ pub struct Expectations {
 }
 
 pub struct UploadSink {
-    writer: Option<Writer>,
+    writer: Option<PartWriter>,
     parts_in_flight: usize,
     hasher: Sha256,
     received: u64,
@@ -90,7 +40,7 @@ pub struct UploadSink {
 }
 
 impl UploadSink {
-    pub fn new(writer: Writer, parts_in_flight: usize, expect: Expectations) -> Self {
+    pub fn new(writer: PartWriter, parts_in_flight: usize, expect: Expectations) -> Self {
         Self {
             writer: Some(writer),
             parts_in_flight,
@@ -145,8 +95,11 @@ impl UploadSink {
                 actual: sha256.as_str().to_owned(),
             });
         }
-        let writer = self.writer.take().ok_or_else(finished)?;
-        writer.finish().await?;
+        let mut writer = self.writer.take().ok_or_else(finished)?;
+        if let Err(err) = writer.finish().await {
+            writer.abort().await;
+            return Err(err);
+        }
         Ok(Written {
             size: self.received,
             sha256,

@@ -20,12 +20,22 @@ impl System {
     }
 
     pub async fn start_with(backend: Backend, adjust: impl FnOnce(&mut gateway::Config)) -> Self {
+        Self::start_configured(backend, |_| {}, adjust).await
+    }
+
+    /// The system with storage-service's and the gateway's settings adjusted.
+    pub async fn start_configured(
+        backend: Backend,
+        adjust_storage: impl FnOnce(&mut storage_service::Config),
+        adjust: impl FnOnce(&mut gateway::Config),
+    ) -> Self {
         // The gateway's address must be known first: storage-service signs local
         // download links for it.
         let listener = reserve_port(0);
         let gateway_url = format!("http://{}", listener.local_addr().expect("an address"));
         let stack = Stack::start(backend, |config| {
-            config.public_base_url = gateway_url.clone()
+            config.public_base_url = gateway_url.clone();
+            adjust_storage(config);
         })
         .await;
         let mut gateway_config =

@@ -114,6 +114,51 @@ async fn the_whole_flow_over_native_grpc_and_a_download_link() {
     assert_eq!(reqwest::get(&uploaded.url).await.unwrap().status(), 404);
 }
 
+/// Everything the gateway forwards shares one HTTP/2 connection to storage-service, and
+/// a client's uploads share one to the gateway. With upload memory for a single part,
+/// uploads that wait for it must not starve the one holding it of its bytes on either
+/// connection: six at once all finish, intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_waiting_for_memory_do_not_stall_the_others_through_the_gateway() {
+    let system = System::start_configured(
+        Backend::S3,
+        |storage| {
+            storage.max_chunk_bytes = storage.upload_part_size;
+            storage.upload_memory_bytes = storage.upload_part_size;
+        },
+        |_| {},
+    )
+    .await;
+    let user = system.user("turns").await;
+    let contents: Vec<Vec<u8>> = (0..6)
+        .map(|seed| pseudo_random(11 * 1024 * 1024 + 5, 90 + seed))
+        .collect();
+    let uploads = contents.iter().enumerate().map(|(index, content)| {
+        let user = &user;
+        async move {
+            let chunks = content
+                .chunks(1024 * 1024)
+                .map(Bytes::copy_from_slice)
+                .collect();
+            let declared = FileMetadata {
+                size: Some(content.len() as u64),
+                sha256: Some(sha256_hex(content)),
+                ..metadata(&format!("turn-{index}.bin"), "")
+            };
+            user.upload(declared, chunks).await
+        }
+    });
+    let uploaded =
+        tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(uploads))
+            .await
+            .expect("uploads waiting for memory must not deadlock the gateway's connections");
+    for (content, uploaded) in contents.iter().zip(uploaded) {
+        let uploaded = uploaded.unwrap();
+        let (_, downloaded) = user.download(&uploaded.key).await.unwrap();
+        assert!(downloaded == *content, "{} differs", uploaded.filename);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_checked_at_the_gateway_before_any_upstream_is_touched() {
     let mut system = System::start(Backend::Local).await;

@@ -14,7 +14,7 @@ use strongbox_proto::storage::v1::{
 use strongbox_tests::storage::{
     Backend, Stack, User, download_with, metadata, pseudo_random, sha256_hex, upload_then_vanish,
 };
-use tonic::{Code, Request};
+use tonic::{Code, Request, Status};
 
 macro_rules! on_both_backends {
     ($($scenario:ident),* $(,)?) => {
@@ -47,7 +47,203 @@ on_both_backends!(
     unfinished_sessions_expire_and_are_cleaned_up,
     download_urls_open_with_a_plain_http_get,
     a_session_with_a_wrong_checksum_is_data_loss_and_leaves_nothing,
+    sessions_share_a_single_chunk_of_memory_and_all_finish,
 );
+
+/// Resumable-session chunks are under the same memory bound as streams: a chunk's room
+/// is reserved before its message is read. With room for one chunk, sessions appending
+/// at once on one connection take turns, and all complete intact.
+async fn sessions_share_a_single_chunk_of_memory_and_all_finish(backend: Backend) {
+    let stack = Stack::start(backend, |config| {
+        config.max_chunk_bytes = config.upload_part_size;
+        config.upload_memory_bytes = config.upload_part_size;
+    })
+    .await;
+    let user = stack.user("session-memory").await;
+    let chunk = stack.config.max_chunk_bytes as usize;
+    let contents: Vec<Vec<u8>> = (0..4)
+        .map(|seed| pseudo_random(2 * chunk + 3, 60 + seed))
+        .collect();
+    let sessions = contents.iter().map(|content| {
+        let user = &user;
+        async move {
+            let session = user
+                .create_session(FileMetadata {
+                    size: Some(content.len() as u64),
+                    sha256: Some(sha256_hex(content)),
+                    ..metadata("turns.bin", "")
+                })
+                .await;
+            for (index, piece) in content.chunks(chunk).enumerate() {
+                user.client()
+                    .upload_chunk(user.req(UploadChunkRequest {
+                        upload_id: session.upload_id.clone(),
+                        offset: (index * chunk) as u64,
+                        data: Bytes::copy_from_slice(piece),
+                    }))
+                    .await
+                    .expect("UploadChunk");
+            }
+            user.complete_session(&session.upload_id).await
+        }
+    });
+    let completed =
+        tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(sessions))
+            .await
+            .expect("sessions sharing one chunk of memory must not deadlock");
+    for (content, file) in contents.iter().zip(completed) {
+        let (_, downloaded) = user.download(&file.key).await.unwrap();
+        assert!(downloaded == *content, "{} differs", file.key);
+    }
+}
+
+/// A session chunk whose client stops sending mid-message holds a chunk's memory (taken
+/// before the message is read); after UPLOAD_IDLE_TIMEOUT_SECONDS the call fails with a
+/// message saying so, and the chunk that was waiting for the memory is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_session_chunk_is_cancelled_and_frees_its_memory() {
+    use http_body_util::{BodyExt, StreamBody};
+    use tower::ServiceExt;
+
+    let stack = Stack::start(Backend::Local, |config| {
+        config.max_chunk_bytes = config.upload_part_size;
+        config.upload_memory_bytes = config.upload_part_size;
+        config.upload_idle_timeout_seconds = 1;
+    })
+    .await;
+    let user = stack.user("stalled-chunk").await;
+    let session = user.create_session(metadata("chunks.bin", "")).await;
+
+    // A raw gRPC call: a frame header announcing 1 MiB, 64 KiB of it, then nothing.
+    let (stall, frames) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, Status>>(2);
+    let mut partial = vec![0u8];
+    partial.extend_from_slice(&(1024u32 * 1024).to_be_bytes());
+    partial.extend_from_slice(&[7u8; 64 * 1024]);
+    stall
+        .send(Ok(http_body::Frame::data(Bytes::from(partial))))
+        .await
+        .unwrap();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "{}/storage.v1.StorageService/UploadChunk",
+            stack.storage.url()
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {}", user.token))
+        .body(tonic::body::Body::new(StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(frames),
+        )))
+        .unwrap();
+    let stalled = tokio::spawn(stack.storage.channel().oneshot(request));
+    // Let the stalled call take the memory first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let content = pseudo_random(3 * 1024 * 1024, 81);
+    let offset = tokio::time::timeout(
+        Duration::from_secs(30),
+        user.client().upload_chunk(user.req(UploadChunkRequest {
+            upload_id: session.upload_id.clone(),
+            offset: 0,
+            data: Bytes::from(content.clone()),
+        })),
+    )
+    .await
+    .expect("the waiting chunk gets the memory once the stalled one is cancelled")
+    .unwrap()
+    .into_inner()
+    .offset;
+    assert_eq!(offset, content.len() as u64);
+
+    let response = tokio::time::timeout(Duration::from_secs(30), stalled)
+        .await
+        .expect("the stalled call ends")
+        .unwrap()
+        .unwrap();
+    let (parts, body) = response.into_parts();
+    let trailers = body.collect().await.unwrap().trailers().cloned();
+    let status = Status::from_header_map(&parts.headers)
+        .or_else(|| trailers.as_ref().and_then(Status::from_header_map))
+        .expect("a gRPC status");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().contains("no data arrived for 1 s"),
+        "{status:?}"
+    );
+    drop(stall);
+    let file = user.complete_session(&session.upload_id).await;
+    let (_, downloaded) = user.download(&file.key).await.unwrap();
+    assert!(downloaded == content);
+}
+
+/// A client that stops sending mid-upload holds a part of the upload memory; after
+/// UPLOAD_IDLE_TIMEOUT_SECONDS its upload is cancelled with a message saying so,
+/// nothing of it is left, and the upload that was waiting for that memory finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_is_cancelled_and_frees_its_memory() {
+    let stack = Stack::start(Backend::S3, |config| {
+        config.max_chunk_bytes = config.upload_part_size;
+        config.upload_memory_bytes = config.upload_part_size;
+        config.upload_idle_timeout_seconds = 1;
+    })
+    .await;
+    let user = stack.user("stall").await;
+    // A full part (a multipart upload on S3) and a bit of the next, then nothing.
+    let (stall, stalled_stream) = tokio::sync::mpsc::channel(8);
+    let chunks = (0..6).map(|seed| {
+        upload_request::Payload::Chunk(Bytes::from(pseudo_random(1024 * 1024, 70 + seed)))
+    });
+    for payload in std::iter::once(upload_request::Payload::Metadata(metadata(
+        "stalled.bin",
+        "",
+    )))
+    .chain(chunks)
+    {
+        stall
+            .send(UploadRequest {
+                payload: Some(payload),
+            })
+            .await
+            .unwrap();
+    }
+    let stalled = tokio::spawn({
+        let (client, request) = (
+            user.client(),
+            user.req(tokio_stream::wrappers::ReceiverStream::new(stalled_stream)),
+        );
+        async move { client.clone().upload(request).await }
+    });
+    // Let the stalled upload take the memory first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let content = pseudo_random(7 * 1024 * 1024, 80);
+    let waiting = tokio::time::timeout(
+        Duration::from_secs(30),
+        user.upload_bytes("waiting.bin", &content),
+    )
+    .await
+    .expect("the waiting upload gets the memory once the stalled one is cancelled")
+    .unwrap();
+
+    let cancelled = stalled.await.unwrap().unwrap_err();
+    assert_eq!(cancelled.code(), Code::DeadlineExceeded, "{cancelled:?}");
+    assert!(
+        cancelled.message().contains("no data arrived for 1 s"),
+        "{cancelled:?}"
+    );
+    drop(stall);
+    let files = user.list_all().await;
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].key, waiting.key);
+    let (_, downloaded) = user.download(&waiting.key).await.unwrap();
+    assert!(downloaded == content);
+    let left = stack.settle_stored_files(1).await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    let parts = stack.s3.as_ref().unwrap().multipart_files();
+    assert!(
+        parts.is_empty(),
+        "the stalled upload's part is left: {parts:?}"
+    );
+}
 
 async fn a_session_with_a_wrong_checksum_is_data_loss_and_leaves_nothing(backend: Backend) {
     let stack = Stack::start(backend, |_| {}).await;
@@ -89,14 +285,16 @@ async fn a_session_with_a_wrong_checksum_is_data_loss_and_leaves_nothing(backend
     assert!(left.is_empty(), "{left:?}");
 }
 
-/// The upload memory (`UPLOAD_MEMORY_BYTES`) is shared by every S3 upload in part-sized
-/// slots. With room for a single part, concurrent multi-part uploads must take turns —
-/// and all finish, intact. Six uploads on one HTTP/2 connection (8 MiB window, 2 MiB per
-/// stream) is more than the window holds for uploads that wait: if waiting stopped a
-/// slot holder from receiving its bytes, this would hang.
+/// The upload memory (`UPLOAD_MEMORY_BYTES`) bounds every S3 upload's parts together,
+/// the part being filled included. With room for a single part, concurrent multi-part
+/// uploads must take turns — and all finish, intact. The six share one HTTP/2
+/// connection: if the bytes of uploads waiting for memory could fill the connection's
+/// window, the upload holding the memory would never receive the rest of its part and
+/// this would hang.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_share_a_single_part_of_memory_and_all_finish() {
     let stack = Stack::start(Backend::S3, |config| {
+        config.max_chunk_bytes = config.upload_part_size;
         config.upload_memory_bytes = config.upload_part_size;
     })
     .await;

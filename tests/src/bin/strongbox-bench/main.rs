@@ -8,6 +8,7 @@
 //! cargo run --release -p strongbox-tests --bin strongbox-bench            # full run, writes docs/BENCHMARKS.md
 //! cargo run -p strongbox-tests --bin strongbox-bench -- --quick --out F   # what the test command runs
 //! cargo run --release -p strongbox-tests --bin strongbox-bench -- --auth-only   # auth numbers, printed
+//! cargo run --release -p strongbox-tests --bin strongbox-bench -- --sizes 1024 --out F   # some sizes (MiB)
 //! ```
 
 mod auth;
@@ -43,11 +44,27 @@ fn plan() -> Plan {
             },
             PathBuf::from,
         );
-    let (sizes, concurrency) = if quick {
+    let (mut sizes, concurrency) = if quick {
         (vec![MIB, 16 * MIB], vec![1, 4])
     } else {
         (vec![MIB, 64 * MIB, 1024 * MIB], vec![1, 16])
     };
+    // `--sizes 64,1024`: only these file sizes, in MiB (to look at one row closely).
+    if let Some(list) = args
+        .iter()
+        .position(|arg| arg == "--sizes")
+        .and_then(|at| args.get(at + 1))
+    {
+        sizes = list
+            .split(',')
+            .map(|mib| {
+                mib.trim()
+                    .parse::<u64>()
+                    .expect("--sizes takes MiB, comma-separated")
+                    * MIB
+            })
+            .collect();
+    }
     // `--auth-only`: just the auth-service numbers (printed, no report written).
     let auth_only = args.iter().any(|arg| arg == "--auth-only");
     Plan {

@@ -1,0 +1,286 @@
+//! The memory all uploads share for file data, with a hard bound.
+//!
+//! Every byte of an upload the service holds — a part being filled, a part on its way
+//! to S3, a resumable-session chunk — sits in memory reserved here first, so
+//! `UPLOAD_MEMORY_BYTES` bounds them all together however many clients upload at once.
+//!
+//! Two rules keep the bound from deadlocking:
+//! - An upload reserves a whole part before it reads the bytes to fill it, and never
+//!   waits for memory while holding a part it has not filled. Every reservation is then
+//!   released by progress that does not need memory: a client sending the rest of a
+//!   part, or S3 answering (or timing out). If uploads could hold half-filled parts
+//!   while waiting for more, they could hold all of it and wait for each other forever.
+//! - An upload waiting for memory stops reading its stream, and the bytes its client
+//!   already sent stay in HTTP/2 buffers. Those may never use up the connection's
+//!   window, or uploads that hold memory would not receive the rest of their parts:
+//!   the servers' connection windows are as large as all their streams' windows
+//!   together (`strongbox_common::server::flow`).
+//!
+//! A client that stops sending would hold its reservation forever; `service.rs` cancels
+//! an upload stream that goes idle.
+//!
+//! The memory is handed out in blocks of [`BLOCK`] bytes that go back to a free list
+//! when the last reference to their bytes is dropped (the part's S3 request ended), so
+//! steady uploading allocates nothing. Allocating and freeing multi-MiB buffers per part
+//! instead fragments the allocator's heaps: resident memory then grows well past what is
+//! in use.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::error::StorageError;
+
+/// The unit memory is reserved and reused in.
+pub const BLOCK: usize = 1024 * 1024;
+
+/// The service-wide budget; cheap to clone.
+#[derive(Clone)]
+pub struct UploadMemory(Arc<Pool>);
+
+struct Pool {
+    /// One permit per block of the budget. Waiting is first come, first served.
+    permits: Arc<Semaphore>,
+    blocks: usize,
+    /// Allocated blocks nobody holds, ready for reuse.
+    free: Mutex<Vec<Vec<u8>>>,
+    /// Whether a block was handed out since the last [`UploadMemory::trim`].
+    used: AtomicBool,
+}
+
+impl UploadMemory {
+    /// A budget of `budget` bytes, which must hold the largest single reservation
+    /// (`largest`: a part, or a session chunk).
+    pub fn new(budget: u64, largest: u64) -> Result<Self, StorageError> {
+        let blocks = usize::try_from(budget / BLOCK as u64).unwrap_or(usize::MAX);
+        if blocks < blocks_for(usize::try_from(largest).unwrap_or(usize::MAX)) {
+            return Err(StorageError::Internal(format!(
+                "UPLOAD_MEMORY_BYTES ({budget}) must hold at least one part of \
+                 UPLOAD_PART_SIZE and one chunk of MAX_CHUNK_BYTES ({largest} bytes), \
+                 in whole MiB"
+            )));
+        }
+        Ok(Self(Arc::new(Pool {
+            permits: Arc::new(Semaphore::new(blocks)),
+            blocks,
+            free: Mutex::new(Vec::new()),
+            used: AtomicBool::new(false),
+        })))
+    }
+
+    /// Waits until `bytes` of the budget are free and reserves them.
+    pub async fn reserve(&self, bytes: usize) -> Result<Reservation, StorageError> {
+        let blocks = blocks_for(bytes);
+        if blocks > self.0.blocks {
+            return Err(StorageError::Internal(format!(
+                "{bytes} bytes do not fit in UPLOAD_MEMORY_BYTES"
+            )));
+        }
+        let permits = u32::try_from(blocks)
+            .map_err(|_| StorageError::Internal("reservation too large".into()))?;
+        let permit = match self.0.permits.clone().try_acquire_many_owned(permits) {
+            Ok(permit) => permit,
+            Err(_) => {
+                tracing::debug!(bytes, "waiting for upload memory");
+                self.0
+                    .permits
+                    .clone()
+                    .acquire_many_owned(permits)
+                    .await
+                    .map_err(|_| StorageError::Internal("upload memory is closed".into()))?
+            }
+        };
+        Ok(Reservation {
+            pool: self.0.clone(),
+            permit: (blocks > 0).then_some(permit),
+        })
+    }
+
+    /// Frees the idle blocks if none was handed out since the last call: memory
+    /// reserved for a burst of uploads goes back to the system once the burst is over.
+    pub fn trim(&self) {
+        if !self.0.used.swap(false, Ordering::Relaxed) {
+            let idle = std::mem::take(&mut *self.0.lock_free());
+            drop(idle);
+        }
+    }
+
+    /// Blocks of the budget nobody has reserved.
+    pub fn available_blocks(&self) -> usize {
+        self.0.permits.available_permits()
+    }
+}
+
+impl Pool {
+    fn lock_free(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        // The free list is a plain stack: a panic while holding the lock cannot leave it
+        // inconsistent, so a poisoned lock is still good.
+        self.free
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn blocks_for(bytes: usize) -> usize {
+    bytes.div_ceil(BLOCK)
+}
+
+/// Memory reserved for one part or chunk, taken block by block; what is not taken is
+/// returned when the reservation is dropped.
+pub struct Reservation {
+    pool: Arc<Pool>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Reservation {
+    /// The next block of the reservation, or `None` once it is used up.
+    pub fn block(&mut self) -> Option<Block> {
+        let permit = match self.permit.as_ref()?.num_permits() {
+            1 => self.permit.take()?,
+            _ => self.permit.as_mut()?.split(1)?,
+        };
+        self.pool.used.store(true, Ordering::Relaxed);
+        let buffer = self
+            .pool
+            .lock_free()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BLOCK));
+        Some(Block {
+            buffer,
+            pool: self.pool.clone(),
+            _permit: permit,
+        })
+    }
+}
+
+/// One block of reserved memory: filled, then frozen into [`Bytes`] that return it to
+/// the pool when dropped.
+pub struct Block {
+    buffer: Vec<u8>,
+    pool: Arc<Pool>,
+    // Dropped after `Drop::drop` has put the buffer back, so whoever the permit goes to
+    // finds the buffer free.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Block {
+    pub fn len(&self) -> usize {
+        self.buffer.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buffer.is_empty()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.buffer.len() == BLOCK
+    }
+
+    /// Moves up to `limit` bytes from the front of `data` into the block, as many as
+    /// fit; returns how many.
+    pub fn fill_from(&mut self, data: &mut Bytes, limit: usize) -> usize {
+        let n = (BLOCK - self.buffer.len()).min(limit).min(data.len());
+        self.buffer.extend_from_slice(&data.split_to(n));
+        n
+    }
+
+    pub fn freeze(self) -> Bytes {
+        Bytes::from_owner(self)
+    }
+}
+
+impl AsRef<[u8]> for Block {
+    fn as_ref(&self) -> &[u8] {
+        &self.buffer
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        let mut buffer = std::mem::take(&mut self.buffer);
+        buffer.clear();
+        self.pool.lock_free().push(buffer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = BLOCK as u64;
+
+    #[test]
+    fn a_budget_must_hold_the_largest_reservation() {
+        assert!(UploadMemory::new(8 * MIB, 8 * MIB).is_ok());
+        let err = UploadMemory::new(8 * MIB - 1, 8 * MIB).err().unwrap();
+        assert!(err.to_string().contains("UPLOAD_MEMORY_BYTES"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn blocks_return_to_the_budget_when_their_bytes_are_dropped() {
+        let memory = UploadMemory::new(4 * MIB, MIB).unwrap();
+        let mut reservation = memory.reserve(3 * BLOCK - 1).await.unwrap();
+        assert_eq!(memory.available_blocks(), 1);
+        let mut block = reservation.block().unwrap();
+        let mut data = Bytes::from(vec![7u8; BLOCK + 10]);
+        assert_eq!(block.fill_from(&mut data, usize::MAX), BLOCK);
+        assert_eq!(data.len(), 10);
+        let bytes = block.freeze();
+        let copy = bytes.clone();
+        drop(reservation);
+        // The reservation's two untaken blocks are back; the frozen one is not.
+        assert_eq!(memory.available_blocks(), 3);
+        drop(bytes);
+        assert_eq!(memory.available_blocks(), 3);
+        assert!(copy.iter().all(|&b| b == 7));
+        drop(copy);
+        assert_eq!(memory.available_blocks(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_reservation_hands_out_exactly_its_blocks_and_buffers_are_reused() {
+        let memory = UploadMemory::new(2 * MIB, MIB).unwrap();
+        let mut reservation = memory.reserve(2 * BLOCK).await.unwrap();
+        let first = reservation.block().unwrap();
+        let address = first.buffer.as_ptr();
+        let _second = reservation.block().unwrap();
+        assert!(reservation.block().is_none());
+        drop(first);
+        let mut again = memory.reserve(1).await.unwrap();
+        assert_eq!(again.block().unwrap().buffer.as_ptr(), address);
+    }
+
+    #[tokio::test]
+    async fn a_reservation_waits_for_room_first_come_first_served() {
+        let memory = UploadMemory::new(2 * MIB, MIB).unwrap();
+        let held = memory.reserve(BLOCK).await.unwrap();
+        let big = tokio::spawn({
+            let memory = memory.clone();
+            async move { memory.reserve(2 * BLOCK).await.map(drop) }
+        });
+        tokio::task::yield_now().await;
+        // A request that would fit but came later must not overtake the waiting one.
+        let small = tokio::spawn({
+            let memory = memory.clone();
+            async move { memory.reserve(1).await.map(drop) }
+        });
+        tokio::task::yield_now().await;
+        assert!(!big.is_finished() && !small.is_finished());
+        drop(held);
+        big.await.unwrap().unwrap();
+        small.await.unwrap().unwrap();
+        assert_eq!(memory.available_blocks(), 2);
+    }
+
+    #[tokio::test]
+    async fn trimming_frees_idle_blocks_only_after_a_quiet_interval() {
+        let memory = UploadMemory::new(2 * MIB, MIB).unwrap();
+        drop(memory.reserve(BLOCK).await.unwrap().block());
+        memory.trim();
+        assert_eq!(memory.0.lock_free().len(), 1, "used since the last trim");
+        memory.trim();
+        assert!(memory.0.lock_free().is_empty());
+    }
+}
