@@ -19,7 +19,7 @@ use crate::multipart::Multipart;
 use crate::names::{ObjectKey, SafeName, Sha256Hex};
 use crate::parts::{Destination, PartWriter};
 use crate::policy::{ContentType, UploadPolicy};
-use crate::sessions::SessionDigests;
+use crate::sessions::{ChunksInFlight, SessionDigests};
 use crate::sink::{Expectations, UploadSink};
 
 pub const STATUS_UPLOADED: &str = "uploaded";
@@ -46,6 +46,8 @@ pub struct Storage {
     pub session_ttl: Duration,
     /// The running SHA-256 of each open resumable session.
     pub digests: SessionDigests,
+    /// The resumable-session chunks being stored right now.
+    pub appending: ChunksInFlight,
 }
 
 /// A checked request to store a new file.

@@ -113,6 +113,7 @@ async fn build(config: &Config) -> Result<Storage, StorageError> {
         max_chunk_bytes: config.max_chunk_bytes,
         session_ttl: config.upload_session_ttl(),
         digests: Default::default(),
+        appending: Default::default(),
     })
 }
 

@@ -107,9 +107,18 @@ impl Storage {
         offset: u64,
         data: Bytes,
     ) -> Result<u64, StorageError> {
-        let session = self.open_session(user, id).await?;
-        let received = session.received as u64;
         let length = data.len() as u64;
+        // Announced before anything else, so a chunk sent right behind this one finds it.
+        let _in_flight = self.appending.announce(id, offset + length);
+        let mut session = self.open_session(user, id).await?;
+        if offset > session.received as u64 {
+            if let Some(before) = self.appending.ending_at(id, offset) {
+                // Its predecessor is still being stored: wait for it, then check again.
+                before.finished().await;
+                session = self.open_session(user, id).await?;
+            }
+        }
+        let received = session.received as u64;
         if length > self.max_chunk_bytes {
             return Err(StorageError::InvalidArgument(format!(
                 "a chunk may hold at most {} bytes",
@@ -478,6 +487,89 @@ impl Storage {
 struct StoredChunk {
     etag: Option<String>,
     staged: Option<Path>,
+}
+
+/// The chunks of each session being stored right now, by the offset they end at.
+///
+/// A client may send a session's next chunk while the one before is still being stored
+/// (the page does: sending one chunk and storing another then overlap, where one at a
+/// time would alternate). The next chunk then waits here for its predecessor instead of
+/// being refused for starting past the session's offset. Only a predecessor already
+/// inside `append` is waited for: it holds its memory and needs nothing but storage to
+/// finish, so the wait cannot deadlock; a chunk that arrives before its predecessor is
+/// refused as before, and the client sends it again.
+#[derive(Default)]
+pub struct ChunksInFlight {
+    running: std::sync::Mutex<std::collections::HashMap<(String, u64), InFlight>>,
+}
+
+/// One chunk in flight; waiters hold its receiver, which ends when the chunk is done.
+type InFlight = (u64, tokio::sync::watch::Receiver<()>);
+
+impl ChunksInFlight {
+    /// Records a chunk of `id` ending at `end` until the returned guard is dropped.
+    fn announce(&self, id: &str, end: u64) -> Announced<'_> {
+        let (done, receiver) = tokio::sync::watch::channel(());
+        let key = (id.to_owned(), end);
+        let serial = {
+            let mut running = self.lock();
+            // Two chunks ending at the same offset (a retry racing the original): the
+            // later one replaces the first as the one to wait for; either will do.
+            let serial = running.get(&key).map_or(0, |(serial, _)| serial + 1);
+            running.insert(key.clone(), (serial, receiver));
+            serial
+        };
+        Announced {
+            registry: self,
+            key,
+            serial,
+            _done: done,
+        }
+    }
+
+    /// The chunk of `id` being stored that ends at `offset`, if there is one.
+    fn ending_at(&self, id: &str, offset: u64) -> Option<Predecessor> {
+        self.lock()
+            .get(&(id.to_owned(), offset))
+            .map(|(_, receiver)| Predecessor(receiver.clone()))
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, u64), InFlight>> {
+        self.running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+struct Announced<'a> {
+    registry: &'a ChunksInFlight,
+    key: (String, u64),
+    serial: u64,
+    _done: tokio::sync::watch::Sender<()>,
+}
+
+impl Drop for Announced<'_> {
+    fn drop(&mut self) {
+        let mut running = self.registry.lock();
+        if running
+            .get(&self.key)
+            .is_some_and(|(serial, _)| *serial == self.serial)
+        {
+            running.remove(&self.key);
+        }
+    }
+}
+
+struct Predecessor(tokio::sync::watch::Receiver<()>);
+
+impl Predecessor {
+    /// Returns once the chunk is stored or has failed.
+    async fn finished(mut self) {
+        // Nothing is ever sent: `changed` returns (with an error) when the sender drops.
+        while self.0.changed().await.is_ok() {}
+    }
 }
 
 /// The running SHA-256 of each open session, fed chunk by chunk in offset order. It

@@ -8,10 +8,12 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use strongbox_proto::storage::v1::{FileMetadata, UploadRequest, upload_request};
+use strongbox_proto::storage::v1::{
+    FileMetadata, UploadChunkRequest, UploadRequest, upload_request,
+};
 use strongbox_tests::s3::TestS3;
 use strongbox_tests::storage::{BUCKET, Backend, Stack, metadata, pseudo_random, sha256_hex};
 use tokio::sync::mpsc;
@@ -195,6 +197,72 @@ async fn an_s3_server_dying_mid_upload_fails_the_upload_and_stores_no_file() {
         "the retried upload left multipart files: {:?}",
         multipart_leftovers(&stack)
     );
+}
+
+/// A session's next chunk may be sent while the one before is still being stored (the
+/// page does, so sending and storing overlap): it waits for its predecessor instead of
+/// being refused for starting past the session's offset. An S3 server that accepts
+/// connections but never answers keeps the first chunk in flight for seconds (until
+/// its timeouts); the second must not be answered before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_sent_ahead_waits_for_the_one_before() {
+    let mut stack = Stack::start(Backend::S3, |config| config.storage_timeout_seconds = 1).await;
+    let user = stack.user("ahead").await;
+    let chunk_size = stack.config.upload_part_size as usize;
+    let content = pseudo_random(2 * chunk_size + 3, 31);
+    let session = user
+        .create_session(FileMetadata {
+            size: Some(content.len() as u64),
+            sha256: Some(sha256_hex(&content)),
+            ..metadata("ahead.bin", "")
+        })
+        .await;
+    let send = |index: usize| {
+        let (mut client, end) = (user.client(), ((index + 1) * chunk_size).min(content.len()));
+        let request = user.req(UploadChunkRequest {
+            upload_id: session.upload_id.clone(),
+            offset: (index * chunk_size) as u64,
+            data: Bytes::copy_from_slice(&content[index * chunk_size..end]),
+        });
+        async move {
+            let outcome = client
+                .upload_chunk(request)
+                .await
+                .map(|r| r.into_inner().offset);
+            (outcome, Instant::now())
+        }
+    };
+
+    let (root, port) = kill_s3(&mut stack).await;
+    // Connections queue in the backlog and are never read.
+    let silent = std::net::TcpListener::bind(("127.0.0.1", port)).expect("the S3 port is free");
+    let first = tokio::spawn(send(0));
+    // Long enough for the first chunk to be on its way to the (dead) S3 server.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = tokio::spawn(send(1));
+    let (first, first_done) = bounded("the first chunk", first).await.unwrap();
+    let (second, second_done) = bounded("the second chunk", second).await.unwrap();
+    assert!(
+        second_done >= first_done,
+        "the chunk sent ahead was answered before the one it follows"
+    );
+    assert_unavailable("the first chunk", first.map(drop));
+    let refused = second.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("the session holds 0 bytes"),
+        "{refused:?}"
+    );
+
+    drop(silent);
+    stack.s3 = Some(TestS3::start_at(root, Some(port)));
+    for index in 0..3 {
+        let (outcome, _) = bounded("a chunk after recovery", send(index)).await;
+        outcome.expect("the chunk is stored once S3 is back");
+    }
+    let file = user.complete_session(&session.upload_id).await;
+    let (_, downloaded) = user.download(&file.key).await.unwrap();
+    assert!(downloaded == content, "the session's bytes differ");
 }
 
 /// Stops the stack's S3 server as if it crashed, returning where to restart it.

@@ -4,7 +4,12 @@
  *
  * A browser cannot client-stream over grpc-web, so every chunk is its own unary call. Re-sending
  * an acknowledged chunk is harmless, so a chunk lost in transit is simply sent again, from the
- * offset GetUploadStatus reports. Only one chunk is in memory at a time: File.slice reads lazily.
+ * offset GetUploadStatus reports.
+ *
+ * Each chunk is sent while the one before it is still being stored: the server lets it wait for
+ * its predecessor, so sending and storing overlap instead of taking turns. A chunk that reached
+ * the server before its predecessor is refused; it is then sent again, the ordinary way, once the
+ * predecessor is answered. At most two chunks are in memory: File.slice reads lazily.
  */
 import { Code } from "@connectrpc/connect";
 import type { StorageClient } from "./api";
@@ -60,9 +65,15 @@ export class ResumableUpload {
     const { session, offset: start } = await this.#openSession();
     let offset = start;
     onProgress(offset);
-    while (offset < this.file.size) {
-      offset = await this.#sendChunk(session, offset);
+    let current = offset < this.file.size ? this.#sendChunk(session, offset) : undefined;
+    while (current !== undefined) {
+      const end = Math.min(offset + session.chunkSize, this.file.size);
+      const next = end < this.file.size ? this.#sendAhead(session, end, current) : undefined;
+      // Its failure is reported when it is awaited; if this chunk fails first, it never is.
+      next?.catch(() => undefined);
+      offset = await current;
       onProgress(offset);
+      current = next;
     }
     const { file } = await this.#storage.completeUpload(
       { uploadId: session.uploadId },
@@ -124,6 +135,20 @@ export class ResumableUpload {
     }
     this.#pending.put(this.fingerprint, { ...session, filename: file.name, size: file.size });
     return { session, offset: 0 };
+  }
+
+  /**
+   * Sends the chunk at `offset` now, while `before` (the chunk ending there) is still on its way;
+   * if that attempt fails, sends it the ordinary way once `before` is answered, from the offset
+   * `before` left the session at.
+   */
+  async #sendAhead(session: Session, offset: number, before: Promise<number>): Promise<number> {
+    const early = this.#putChunk(session, offset).catch(() => undefined);
+    const [stored, sent] = await Promise.all([before, early]);
+    if (sent !== undefined) {
+      return sent;
+    }
+    return stored >= this.file.size ? stored : this.#sendChunk(session, stored);
   }
 
   /** Sends the chunk at `offset`, retrying network failures; returns the next offset. */

@@ -312,19 +312,34 @@ async fn upload_session(mut client: GrpcWeb, token: String, size: u64, block: By
         .await
         .expect("a session")
         .into_inner();
+    // As the page does: each chunk is sent while the one before is still being stored
+    // (the server lets it wait for its predecessor). One that arrived before its
+    // predecessor is refused, and sent again once the predecessor is answered.
+    let send = |offset: u64, data: Bytes| {
+        let (mut client, token, upload_id) =
+            (client.clone(), token.clone(), session.upload_id.clone());
+        tokio::spawn(async move {
+            let chunk = UploadChunkRequest {
+                upload_id,
+                offset,
+                data,
+            };
+            client.upload_chunk(with_bearer(chunk, &token)).await
+        })
+    };
+    let mut in_flight = std::collections::VecDeque::new();
     let mut offset = 0;
     for data in chunks(size, &block, SESSION_CHUNK) {
-        let chunk = UploadChunkRequest {
-            upload_id: session.upload_id.clone(),
-            offset,
-            data,
-        };
-        offset = client
-            .upload_chunk(with_bearer(chunk, &token))
-            .await
-            .expect("a chunk")
-            .into_inner()
-            .offset;
+        let length = data.len() as u64;
+        in_flight.push_back((offset, data.clone(), send(offset, data)));
+        offset += length;
+        if in_flight.len() > 1 {
+            let (at, data, call) = in_flight.pop_front().expect("two in flight");
+            settle_chunk(call, || send(at, data)).await;
+        }
+    }
+    while let Some((at, data, call)) = in_flight.pop_front() {
+        settle_chunk(call, || send(at, data)).await;
     }
     client
         .complete_upload(with_bearer(
@@ -339,6 +354,21 @@ async fn upload_session(mut client: GrpcWeb, token: String, size: u64, block: By
         .file
         .expect("the stored file")
         .key
+}
+
+type ChunkCall = tokio::task::JoinHandle<
+    Result<tonic::Response<strongbox_proto::storage::v1::UploadChunkResponse>, tonic::Status>,
+>;
+
+/// Waits for a chunk; if it was refused for arriving before its predecessor, sends it again.
+async fn settle_chunk(call: ChunkCall, again: impl FnOnce() -> ChunkCall) {
+    match call.await.expect("the chunk task") {
+        Ok(_) => {}
+        Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+            again().await.expect("the chunk task").expect("a chunk");
+        }
+        Err(status) => panic!("a chunk failed: {status:?}"),
+    }
 }
 
 async fn delete_all(mut client: StorageServiceClient<Channel>, token: &str, keys: Vec<String>) {
