@@ -111,12 +111,12 @@ impl Storage {
         // Announced before anything else, so a chunk sent right behind this one finds it.
         let _in_flight = self.appending.announce(id, offset + length);
         let mut session = self.open_session(user, id).await?;
-        if offset > session.received as u64 {
-            if let Some(before) = self.appending.ending_at(id, offset) {
-                // Its predecessor is still being stored: wait for it, then check again.
-                before.finished().await;
-                session = self.open_session(user, id).await?;
-            }
+        if offset > session.received as u64
+            && let Some(before) = self.appending.ending_at(id, offset)
+        {
+            // Its predecessor is still being stored: wait for it, then check again.
+            before.finished().await;
+            session = self.open_session(user, id).await?;
         }
         let received = session.received as u64;
         if length > self.max_chunk_bytes {
