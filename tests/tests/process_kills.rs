@@ -301,6 +301,9 @@ async fn a_killed_auth_service_loses_nothing_and_its_tokens_still_work() {
         .unwrap();
 
     auth.kill().await;
+    // A new client: one already connected may instead see its request cancelled with
+    // the connection the kill closed (CANCELLED), depending on which it notices first.
+    let mut client = AuthServiceClient::new(auth.channel());
     let down = bounded(
         "Login while auth-service is down",
         client.login(credentials.clone()),
