@@ -111,11 +111,11 @@ impl Storage {
         // Announced before anything else, so a chunk sent right behind this one finds it.
         let _in_flight = self.appending.announce(id, offset + length);
         let mut session = self.open_session(user, id).await?;
-        if offset > session.received as u64
-            && let Some(before) = self.appending.ending_at(id, offset)
-        {
-            // Its predecessor is still being stored: wait for it, then check again.
-            before.finished().await;
+        // A chunk one chunk ahead may have a predecessor on its way; one further off is
+        // a client's mistake, refused at once below.
+        let ahead = offset.saturating_sub(session.received as u64);
+        if ahead > 0 && ahead <= self.max_chunk_bytes {
+            self.wait_for_predecessor(user, id, offset).await?;
             session = self.open_session(user, id).await?;
         }
         let received = session.received as u64;
@@ -171,6 +171,34 @@ impl Storage {
                     "another chunk was stored at this offset first; the session now holds {} bytes",
                     now.received
                 )))
+            }
+        }
+    }
+
+    /// Waits while the chunk ending at `offset` is on its way: being stored, or not
+    /// arrived yet (for at most [`PREDECESSOR_GRACE`]). Returns when the session holds
+    /// `offset` bytes, or when there is nothing more to wait for.
+    async fn wait_for_predecessor(
+        &self,
+        user: Uuid,
+        id: &str,
+        offset: u64,
+    ) -> Result<(), StorageError> {
+        let deadline = tokio::time::Instant::now() + PREDECESSOR_GRACE;
+        loop {
+            let changed = self.appending.changed.notified();
+            tokio::pin!(changed);
+            // From here on no announcement can slip by unnoticed.
+            changed.as_mut().enable();
+            if let Some(before) = self.appending.ending_at(id, offset) {
+                before.finished().await;
+                return Ok(());
+            }
+            if self.open_session(user, id).await?.received as u64 >= offset {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Ok(());
             }
         }
     }
@@ -489,18 +517,25 @@ struct StoredChunk {
     staged: Option<Path>,
 }
 
+/// How long a chunk that arrived ahead of its predecessor waits for it to arrive. It
+/// holds its memory meanwhile, and the predecessor may be waiting for memory: the wait
+/// must end on its own, after which the chunk is refused and the client sends it again.
+const PREDECESSOR_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The chunks of each session being stored right now, by the offset they end at.
 ///
-/// A client may send a session's next chunk while the one before is still being stored
+/// A client may send a session's next chunk while the one before is still on its way
 /// (the page does: sending one chunk and storing another then overlap, where one at a
 /// time would alternate). The next chunk then waits here for its predecessor instead of
-/// being refused for starting past the session's offset. Only a predecessor already
-/// inside `append` is waited for: it holds its memory and needs nothing but storage to
-/// finish, so the wait cannot deadlock; a chunk that arrives before its predecessor is
-/// refused as before, and the client sends it again.
+/// being refused for starting past the session's offset: for as long as the predecessor
+/// is being stored (it holds its memory and needs nothing but storage to finish), and
+/// for a short grace if it has not arrived yet (both are sent at once, so either may
+/// be decoded first).
 #[derive(Default)]
 pub struct ChunksInFlight {
     running: std::sync::Mutex<std::collections::HashMap<(String, u64), InFlight>>,
+    /// Wakes chunks waiting for a predecessor whenever one is announced or done.
+    changed: tokio::sync::Notify,
 }
 
 /// One chunk in flight; waiters hold its receiver, which ends when the chunk is done.
@@ -519,6 +554,7 @@ impl ChunksInFlight {
             running.insert(key.clone(), (serial, receiver));
             serial
         };
+        self.changed.notify_waiters();
         Announced {
             registry: self,
             key,
@@ -559,6 +595,8 @@ impl Drop for Announced<'_> {
         {
             running.remove(&self.key);
         }
+        drop(running);
+        self.registry.changed.notify_waiters();
     }
 }
 

@@ -48,7 +48,49 @@ on_both_backends!(
     download_urls_open_with_a_plain_http_get,
     a_session_with_a_wrong_checksum_is_data_loss_and_leaves_nothing,
     sessions_share_a_single_chunk_of_memory_and_all_finish,
+    a_chunk_that_arrives_before_its_predecessor_waits_for_it,
 );
+
+/// A client sending a chunk while the one before is still on its way cannot tell which
+/// reaches the service first; the one that is early waits (briefly) for the other
+/// instead of being refused.
+async fn a_chunk_that_arrives_before_its_predecessor_waits_for_it(backend: Backend) {
+    let stack = Stack::start(backend, |_| {}).await;
+    let user = stack.user("early").await;
+    let chunk = stack.config.upload_part_size as usize;
+    let content = pseudo_random(chunk + 5, 33);
+    let session = user
+        .create_session(FileMetadata {
+            size: Some(content.len() as u64),
+            sha256: Some(sha256_hex(&content)),
+            ..metadata("early.bin", "")
+        })
+        .await;
+    let send = |offset: usize, data: &[u8]| {
+        let (mut client, request) = (
+            user.client(),
+            user.req(UploadChunkRequest {
+                upload_id: session.upload_id.clone(),
+                offset: offset as u64,
+                data: Bytes::copy_from_slice(data),
+            }),
+        );
+        tokio::spawn(async move {
+            client
+                .upload_chunk(request)
+                .await
+                .map(|r| r.into_inner().offset)
+        })
+    };
+    let second = send(chunk, &content[chunk..]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first = send(0, &content[..chunk]);
+    assert_eq!(first.await.unwrap().unwrap(), chunk as u64);
+    assert_eq!(second.await.unwrap().unwrap(), content.len() as u64);
+    let file = user.complete_session(&session.upload_id).await;
+    let (_, downloaded) = user.download(&file.key).await.unwrap();
+    assert!(downloaded == content);
+}
 
 /// Resumable-session chunks are under the same memory bound as streams: a chunk's room
 /// is reserved before its message is read. With room for one chunk, sessions appending
