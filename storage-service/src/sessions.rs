@@ -100,6 +100,10 @@ impl Storage {
 
     /// Stores `data` at `offset` and returns the session's new length. Bytes the session
     /// already has are acknowledged without being stored again.
+    ///
+    /// A chunk sent while the one before it is still on its way (see [`ChunksInFlight`])
+    /// is stored right away — on S3 as the part after its predecessor's — and committed
+    /// once its predecessor is: sending, storing and committing overlap across the two.
     pub async fn append(
         &self,
         user: Uuid,
@@ -108,32 +112,35 @@ impl Storage {
         data: Bytes,
     ) -> Result<u64, StorageError> {
         let length = data.len() as u64;
-        // Announced before anything else, so a chunk sent right behind this one finds it.
-        let _in_flight = self.appending.announce(id, offset + length);
-        let mut session = self.open_session(user, id).await?;
-        // A chunk one chunk ahead may have a predecessor on its way; one further off is
-        // a client's mistake, refused at once below.
-        let ahead = offset.saturating_sub(session.received as u64);
-        if ahead > 0 && ahead <= self.max_chunk_bytes {
-            self.wait_for_predecessor(user, id, offset).await?;
-            session = self.open_session(user, id).await?;
-        }
-        let received = session.received as u64;
         if length > self.max_chunk_bytes {
             return Err(StorageError::InvalidArgument(format!(
                 "a chunk may hold at most {} bytes",
                 self.max_chunk_bytes
             )));
         }
+        // Announced before anything else, so a chunk sent right behind this one finds it.
+        let announced = self.appending.announce(id, offset + length);
+        let mut session = self.open_session(user, id).await?;
+        // A chunk at most one chunk ahead may have a predecessor on its way; one further
+        // off is a client's mistake, refused below.
+        let ahead = offset.saturating_sub(session.received as u64);
+        let predecessor = if ahead > 0 && ahead <= self.max_chunk_bytes {
+            let predecessor = self.predecessor(user, id, offset).await?;
+            if predecessor.is_none() {
+                session = self.open_session(user, id).await?;
+            }
+            predecessor
+        } else {
+            None
+        };
+        let received = session.received as u64;
         if offset + length <= received {
             return Ok(received);
         }
-        if offset != received {
-            return Err(StorageError::FailedPrecondition(format!(
-                "the session holds {received} bytes, so the next chunk must start at offset {received}, not {offset}"
-            )));
+        if predecessor.is_none() && offset != received {
+            return Err(not_next(received, offset));
         }
-        let total = received + length;
+        let total = offset + length;
         if total > self.policy.max_bytes {
             return Err(StorageError::TooLarge {
                 limit: self.policy.max_bytes,
@@ -146,12 +153,49 @@ impl Storage {
                 received: total,
             });
         }
-        let stored = match &self.multipart {
-            Some(multipart) => {
-                self.put_part(multipart, &session, offset, data.clone(), declared)
+        let stored = match (&self.multipart, predecessor) {
+            (Some(multipart), None) => {
+                let (index, last_length) = self.index.chunk_tail(id).await?;
+                check_previous_chunk(last_length)?;
+                let index = index as usize;
+                announced.part_is(index);
+                self.put_part(multipart, &session, index, offset, data.clone(), declared)
                     .await?
             }
-            None => self.stage_chunk(id, offset, data.clone()).await?,
+            (None, None) => self.stage_chunk(id, offset, data.clone()).await?,
+            (store, Some(mut predecessor)) => {
+                let stored = match store {
+                    Some(multipart) => {
+                        let Some(before) = predecessor.part().await else {
+                            // It ended before taking a part: it failed.
+                            let now = self.open_session(user, id).await?.received as u64;
+                            return Err(not_next(now, offset));
+                        };
+                        announced.part_is(before + 1);
+                        self.put_part(
+                            multipart,
+                            &session,
+                            before + 1,
+                            offset,
+                            data.clone(),
+                            declared,
+                        )
+                        .await?
+                    }
+                    None => self.stage_chunk(id, offset, data.clone()).await?,
+                };
+                predecessor.finished().await;
+                match self
+                    .follows_its_predecessor(user, id, offset, &stored)
+                    .await
+                {
+                    Ok(()) => stored,
+                    Err(err) => {
+                        self.discard_stored(stored).await;
+                        return Err(err);
+                    }
+                }
+            }
         };
         match self
             .index
@@ -163,9 +207,7 @@ impl Storage {
                 Ok(new_length as u64)
             }
             None => {
-                if let Some(staged) = stored.staged {
-                    self.backend.store.delete(&staged).await.ok();
-                }
+                self.discard_stored(stored).await;
                 let now = self.index.session(user, id, now_ms()).await?;
                 Err(StorageError::FailedPrecondition(format!(
                     "another chunk was stored at this offset first; the session now holds {} bytes",
@@ -175,15 +217,47 @@ impl Storage {
         }
     }
 
-    /// Waits while the chunk ending at `offset` is on its way: being stored, or not
-    /// arrived yet (for at most [`PREDECESSOR_GRACE`]). Returns when the session holds
-    /// `offset` bytes, or when there is nothing more to wait for.
-    async fn wait_for_predecessor(
+    /// Once the predecessor of a chunk stored ahead is done: whether the session now ends
+    /// where the chunk starts (and, on S3, the chunk's part is the next one).
+    async fn follows_its_predecessor(
         &self,
         user: Uuid,
         id: &str,
         offset: u64,
+        stored: &StoredChunk,
     ) -> Result<(), StorageError> {
+        let received = self.open_session(user, id).await?.received as u64;
+        if received != offset {
+            return Err(not_next(received, offset));
+        }
+        if let Some(part) = stored.part {
+            let (parts, last_length) = self.index.chunk_tail(id).await?;
+            check_previous_chunk(last_length)?;
+            if parts as usize != part {
+                return Err(not_next(received, offset));
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a chunk stored but not committed. A part on S3 needs nothing: one that is
+    /// not committed is overwritten by the next chunk at its number, or left out of the
+    /// object on completion (and discarded with it).
+    async fn discard_stored(&self, stored: StoredChunk) {
+        if let Some(staged) = stored.staged {
+            self.backend.store.delete(&staged).await.ok();
+        }
+    }
+
+    /// The chunk ending at `offset` if it is being stored, waiting for it to arrive for
+    /// at most [`PREDECESSOR_GRACE`]; `None` once the session holds `offset` bytes or
+    /// the grace is over.
+    async fn predecessor(
+        &self,
+        user: Uuid,
+        id: &str,
+        offset: u64,
+    ) -> Result<Option<Predecessor>, StorageError> {
         let deadline = tokio::time::Instant::now() + PREDECESSOR_GRACE;
         loop {
             let changed = self.appending.changed.notified();
@@ -191,36 +265,28 @@ impl Storage {
             // From here on no announcement can slip by unnoticed.
             changed.as_mut().enable();
             if let Some(before) = self.appending.ending_at(id, offset) {
-                before.finished().await;
-                return Ok(());
+                return Ok(Some(before));
             }
             if self.open_session(user, id).await?.received as u64 >= offset {
-                return Ok(());
+                return Ok(None);
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return Ok(());
+                return Ok(None);
             }
         }
     }
 
-    /// On S3: the chunk becomes the session's next part.
+    /// On S3: the chunk becomes part number `index` (0-based) of the session's upload.
     async fn put_part(
         &self,
         multipart: &Multipart,
         session: &SessionRow,
+        index: usize,
         offset: u64,
         data: Bytes,
         declared: Option<u64>,
     ) -> Result<StoredChunk, StorageError> {
         let length = data.len() as u64;
-        let (parts, last_length) = self.index.chunk_tail(&session.id).await?;
-        if let Some(last) = last_length.filter(|&last| (last as u64) < S3_MIN_PART_SIZE) {
-            return Err(StorageError::FailedPrecondition(format!(
-                "the previous chunk held {last} bytes, under the {S3_MIN_PART_SIZE}-byte minimum \
-                 for every chunk but the last, so it was the last one; complete the upload, or \
-                 start again with larger chunks"
-            )));
-        }
         let last = declared.is_some_and(|declared| offset + length == declared);
         if declared.is_some() && !last && length < S3_MIN_PART_SIZE {
             return Err(StorageError::InvalidArgument(format!(
@@ -239,15 +305,11 @@ impl Storage {
             })?;
         let path = ObjectKey::from_stored(session.key.clone()).path();
         let part = multipart
-            .put_part(
-                &path,
-                &upload_id,
-                parts as usize,
-                PutPayload::from_bytes(data),
-            )
+            .put_part(&path, &upload_id, index, PutPayload::from_bytes(data))
             .await?;
         Ok(StoredChunk {
             etag: Some(part.content_id),
+            part: Some(index),
             staged: None,
         })
     }
@@ -268,6 +330,7 @@ impl Storage {
             .await?;
         Ok(StoredChunk {
             etag: None,
+            part: None,
             staged: Some(staged),
         })
     }
@@ -511,10 +574,31 @@ impl Storage {
     }
 }
 
-/// Where an appended chunk went: a part's ETag on S3, a staged object locally.
+/// Where an appended chunk went: a part (its number and ETag) on S3, a staged object
+/// locally.
 struct StoredChunk {
     etag: Option<String>,
+    part: Option<usize>,
     staged: Option<Path>,
+}
+
+fn not_next(received: u64, offset: u64) -> StorageError {
+    StorageError::FailedPrecondition(format!(
+        "the session holds {received} bytes, so the next chunk must start at offset {received}, not {offset}"
+    ))
+}
+
+/// S3 wants every part but the last to hold 5 MiB: a smaller chunk must have been the
+/// last one.
+fn check_previous_chunk(last_length: Option<i64>) -> Result<(), StorageError> {
+    match last_length.filter(|&last| (last as u64) < S3_MIN_PART_SIZE) {
+        Some(last) => Err(StorageError::FailedPrecondition(format!(
+            "the previous chunk held {last} bytes, under the {S3_MIN_PART_SIZE}-byte minimum \
+             for every chunk but the last, so it was the last one; complete the upload, or \
+             start again with larger chunks"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// How long a chunk that arrived ahead of its predecessor waits for it to arrive. It
@@ -530,7 +614,7 @@ const PREDECESSOR_GRACE: std::time::Duration = std::time::Duration::from_secs(10
 /// being refused for starting past the session's offset: for as long as the predecessor
 /// is being stored (it holds its memory and needs nothing but storage to finish), and
 /// for a short grace if it has not arrived yet (both are sent at once, so either may
-/// be decoded first).
+/// be decoded first). On S3 it needs its predecessor's part number, published here.
 #[derive(Default)]
 pub struct ChunksInFlight {
     running: std::sync::Mutex<std::collections::HashMap<(String, u64), InFlight>>,
@@ -538,13 +622,14 @@ pub struct ChunksInFlight {
     changed: tokio::sync::Notify,
 }
 
-/// One chunk in flight; waiters hold its receiver, which ends when the chunk is done.
-type InFlight = (u64, tokio::sync::watch::Receiver<()>);
+/// One chunk in flight: a serial (see `announce`) and the receiving end of its part
+/// number, which closes when the chunk is done.
+type InFlight = (u64, tokio::sync::watch::Receiver<Option<usize>>);
 
 impl ChunksInFlight {
     /// Records a chunk of `id` ending at `end` until the returned guard is dropped.
     fn announce(&self, id: &str, end: u64) -> Announced<'_> {
-        let (done, receiver) = tokio::sync::watch::channel(());
+        let (part, receiver) = tokio::sync::watch::channel(None);
         let key = (id.to_owned(), end);
         let serial = {
             let mut running = self.lock();
@@ -559,7 +644,7 @@ impl ChunksInFlight {
             registry: self,
             key,
             serial,
-            _done: done,
+            part,
         }
     }
 
@@ -583,7 +668,14 @@ struct Announced<'a> {
     registry: &'a ChunksInFlight,
     key: (String, u64),
     serial: u64,
-    _done: tokio::sync::watch::Sender<()>,
+    part: tokio::sync::watch::Sender<Option<usize>>,
+}
+
+impl Announced<'_> {
+    /// Tells a chunk waiting behind this one which part number this one takes.
+    fn part_is(&self, index: usize) {
+        self.part.send_replace(Some(index));
+    }
 }
 
 impl Drop for Announced<'_> {
@@ -600,12 +692,18 @@ impl Drop for Announced<'_> {
     }
 }
 
-struct Predecessor(tokio::sync::watch::Receiver<()>);
+struct Predecessor(tokio::sync::watch::Receiver<Option<usize>>);
 
 impl Predecessor {
+    /// The predecessor's part number, once it has one; `None` if it ended without.
+    async fn part(&mut self) -> Option<usize> {
+        let waited = self.0.wait_for(Option::is_some).await.map(|part| *part);
+        waited.unwrap_or_else(|_| *self.0.borrow())
+    }
+
     /// Returns once the chunk is stored or has failed.
     async fn finished(mut self) {
-        // Nothing is ever sent: `changed` returns (with an error) when the sender drops.
+        // `changed` fails once the sender is dropped, when the chunk is done.
         while self.0.changed().await.is_ok() {}
     }
 }
