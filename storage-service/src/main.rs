@@ -5,6 +5,7 @@ use strongbox_common::{config, server};
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    storage_service::memory::return_large_buffers();
     let config: Config = config::load();
     let (listen, command) = (config.listen, config.command);
     server::run_binary(listen, command, |listener, shutdown| {

@@ -205,6 +205,20 @@ impl Drop for Block {
     }
 }
 
+/// Makes the allocator give buffers of 4 MiB and more back to the system when they are
+/// freed. glibc otherwise raises its mmap threshold to the largest buffer freed so far
+/// and keeps later ones in per-thread heaps: the multi-MiB messages tonic decodes for
+/// session chunks (not in the pool: they exist before any handler runs) then stay
+/// resident per worker thread. Pool blocks (1 MiB) stay below the threshold; what pays
+/// the page faults is one fresh mapping per session chunk.
+pub fn return_large_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; any value is valid to pass.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 * BLOCK as libc::c_int);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

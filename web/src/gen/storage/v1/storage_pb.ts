@@ -312,8 +312,9 @@ export type UploadChunkRequest = Message<"storage.v1.UploadChunkRequest"> & {
   uploadId: string;
 
   /**
-   * Where `data` starts in the file; must be the session's current offset, or
-   * describe bytes already acknowledged (which are then ignored).
+   * Where `data` starts in the file: the session's current offset, or the end of a
+   * chunk still on its way (sent just before this one; this one is then committed
+   * after it, or refused if it fails), or bytes already acknowledged (then ignored).
    *
    * @generated from field: uint64 offset = 2;
    */
