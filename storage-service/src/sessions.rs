@@ -163,38 +163,30 @@ impl Storage {
                     .await?
             }
             (None, None) => self.stage_chunk(id, offset, data.clone()).await?,
-            (store, Some(mut predecessor)) => {
-                let stored = match store {
-                    Some(multipart) => {
-                        let Some(before) = predecessor.part().await else {
-                            // It ended before taking a part: it failed.
-                            let now = self.open_session(user, id).await?.received as u64;
-                            return Err(not_next(now, offset));
-                        };
-                        announced.part_is(before + 1);
-                        self.put_part(
-                            multipart,
-                            &session,
-                            before + 1,
-                            offset,
-                            data.clone(),
-                            declared,
-                        )
-                        .await?
-                    }
-                    None => self.stage_chunk(id, offset, data.clone()).await?,
+            (Some(multipart), Some(mut predecessor)) => {
+                let Some(before) = predecessor.part().await else {
+                    // It ended before taking a part: it failed.
+                    let now = self.open_session(user, id).await?.received as u64;
+                    return Err(not_next(now, offset));
                 };
-                predecessor.finished().await;
-                match self
-                    .follows_its_predecessor(user, id, offset, &stored)
-                    .await
-                {
-                    Ok(()) => stored,
-                    Err(err) => {
-                        self.discard_stored(stored).await;
-                        return Err(err);
-                    }
-                }
+                announced.part_is(before + 1);
+                let stored = self
+                    .put_part(
+                        multipart,
+                        &session,
+                        before + 1,
+                        offset,
+                        data.clone(),
+                        declared,
+                    )
+                    .await?;
+                self.after_predecessor(predecessor, user, id, offset, stored)
+                    .await?
+            }
+            (None, Some(predecessor)) => {
+                let stored = self.stage_chunk(id, offset, data.clone()).await?;
+                self.after_predecessor(predecessor, user, id, offset, stored)
+                    .await?
             }
         };
         match self
@@ -217,27 +209,39 @@ impl Storage {
         }
     }
 
-    /// Once the predecessor of a chunk stored ahead is done: whether the session now ends
-    /// where the chunk starts (and, on S3, the chunk's part is the next one).
-    async fn follows_its_predecessor(
+    /// Waits until the predecessor of a chunk stored ahead is done, and returns the chunk
+    /// if it may be committed now: the session ends where it starts (and, on S3, its part
+    /// is the next one). Otherwise the chunk is discarded and refused.
+    async fn after_predecessor(
         &self,
+        predecessor: Predecessor,
         user: Uuid,
         id: &str,
         offset: u64,
-        stored: &StoredChunk,
-    ) -> Result<(), StorageError> {
-        let received = self.open_session(user, id).await?.received as u64;
-        if received != offset {
-            return Err(not_next(received, offset));
-        }
-        if let Some(part) = stored.part {
-            let (parts, last_length) = self.index.chunk_tail(id).await?;
-            check_previous_chunk(last_length)?;
-            if parts as usize != part {
+        stored: StoredChunk,
+    ) -> Result<StoredChunk, StorageError> {
+        predecessor.finished().await;
+        let follows = async {
+            let received = self.open_session(user, id).await?.received as u64;
+            if received != offset {
                 return Err(not_next(received, offset));
             }
+            if let Some(part) = stored.part {
+                let (parts, last_length) = self.index.chunk_tail(id).await?;
+                check_previous_chunk(last_length)?;
+                if parts as usize != part {
+                    return Err(not_next(received, offset));
+                }
+            }
+            Ok(())
+        };
+        match follows.await {
+            Ok(()) => Ok(stored),
+            Err(err) => {
+                self.discard_stored(stored).await;
+                Err(err)
+            }
         }
-        Ok(())
     }
 
     /// Removes a chunk stored but not committed. A part on S3 needs nothing: one that is

@@ -164,6 +164,39 @@ impl User {
         Ok(self.client().upload(request).await?.into_inner())
     }
 
+    /// Uploads `count` files of `size` bytes at once on this user's one connection, in
+    /// 1 MiB chunks with size and SHA-256 declared, and checks each downloads intact. Fails
+    /// if they do not all finish within a minute: uploads waiting for memory must not
+    /// stall the ones holding it.
+    pub async fn upload_at_once_intact(&self, count: u64, size: usize, seed: u64) {
+        let contents: Vec<Vec<u8>> = (0..count)
+            .map(|index| pseudo_random(size, seed + index))
+            .collect();
+        let uploads = contents.iter().enumerate().map(|(index, content)| {
+            let chunks = content
+                .chunks(1024 * 1024)
+                .map(Bytes::copy_from_slice)
+                .collect();
+            let declared = FileMetadata {
+                size: Some(content.len() as u64),
+                sha256: Some(sha256_hex(content)),
+                ..metadata(&format!("turn-{index}.bin"), "")
+            };
+            self.upload(declared, chunks)
+        });
+        let uploaded = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            futures::future::join_all(uploads),
+        )
+        .await
+        .expect("uploads waiting for memory must not stall the ones holding it");
+        for (content, uploaded) in contents.iter().zip(uploaded) {
+            let uploaded = uploaded.expect("the upload succeeds");
+            let (_, downloaded) = self.download(&uploaded.key).await.expect("a download");
+            assert!(downloaded == *content, "{} differs", uploaded.filename);
+        }
+    }
+
     /// Uploads `content` in 256 KiB chunks under `filename`, declaring its size.
     pub async fn upload_bytes(
         &self,

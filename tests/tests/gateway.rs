@@ -130,33 +130,8 @@ async fn uploads_waiting_for_memory_do_not_stall_the_others_through_the_gateway(
     )
     .await;
     let user = system.user("turns").await;
-    let contents: Vec<Vec<u8>> = (0..6)
-        .map(|seed| pseudo_random(11 * 1024 * 1024 + 5, 90 + seed))
-        .collect();
-    let uploads = contents.iter().enumerate().map(|(index, content)| {
-        let user = &user;
-        async move {
-            let chunks = content
-                .chunks(1024 * 1024)
-                .map(Bytes::copy_from_slice)
-                .collect();
-            let declared = FileMetadata {
-                size: Some(content.len() as u64),
-                sha256: Some(sha256_hex(content)),
-                ..metadata(&format!("turn-{index}.bin"), "")
-            };
-            user.upload(declared, chunks).await
-        }
-    });
-    let uploaded =
-        tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(uploads))
-            .await
-            .expect("uploads waiting for memory must not deadlock the gateway's connections");
-    for (content, uploaded) in contents.iter().zip(uploaded) {
-        let uploaded = uploaded.unwrap();
-        let (_, downloaded) = user.download(&uploaded.key).await.unwrap();
-        assert!(downloaded == *content, "{} differs", uploaded.filename);
-    }
+    user.upload_at_once_intact(6, 11 * 1024 * 1024 + 5, 90)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

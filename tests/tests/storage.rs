@@ -341,33 +341,8 @@ async fn uploads_share_a_single_part_of_memory_and_all_finish() {
     })
     .await;
     let user = stack.user("memory").await;
-    let contents: Vec<Vec<u8>> = (0..6)
-        .map(|seed| pseudo_random(12 * 1024 * 1024 + 7, 40 + seed))
-        .collect();
-    let uploads = contents.iter().enumerate().map(|(index, content)| {
-        let user = &user;
-        async move {
-            let chunks = content
-                .chunks(1024 * 1024)
-                .map(Bytes::copy_from_slice)
-                .collect();
-            let declared = FileMetadata {
-                size: Some(content.len() as u64),
-                sha256: Some(sha256_hex(content)),
-                ..metadata(&format!("turn-{index}.bin"), "")
-            };
-            user.upload(declared, chunks).await
-        }
-    });
-    let uploaded =
-        tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(uploads))
-            .await
-            .expect("uploads sharing one slot of memory must not deadlock");
-    for (content, uploaded) in contents.iter().zip(uploaded) {
-        let uploaded = uploaded.unwrap();
-        let (_, downloaded) = user.download(&uploaded.key).await.unwrap();
-        assert!(downloaded == *content, "{} differs", uploaded.filename);
-    }
+    user.upload_at_once_intact(6, 12 * 1024 * 1024 + 7, 40)
+        .await;
 }
 
 async fn upload_list_stat_download_and_delete(backend: Backend) {
