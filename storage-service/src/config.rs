@@ -117,9 +117,10 @@ pub struct Config {
     #[arg(long, env = "UPLOAD_PARTS_IN_FLIGHT", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub upload_parts_in_flight: u64,
 
-    /// Largest chunk in one gRPC message (Upload chunks, UploadChunk data), in bytes. On
-    /// S3 at least 5 MiB: each resumable-session chunk is a multipart part.
-    #[arg(long, env = "MAX_CHUNK_BYTES", default_value_t = 8 * MIB)]
+    /// Largest chunk in one gRPC message (Upload chunks, UploadChunk data, a whole PutFile),
+    /// in bytes; at least 1 MiB, which clients may count on for PutFile. On S3 at least
+    /// 5 MiB: each resumable-session chunk is a multipart part.
+    #[arg(long, env = "MAX_CHUNK_BYTES", default_value_t = 8 * MIB, value_parser = clap::value_parser!(u64).range(MIB..))]
     pub max_chunk_bytes: u64,
 
     /// Unfinished resumable upload sessions are deleted after this many seconds.

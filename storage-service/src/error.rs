@@ -14,6 +14,11 @@ pub enum StorageError {
     PermissionDenied(&'static str),
     #[error("the file is larger than the upload limit of {limit} bytes")]
     TooLarge { limit: u64 },
+    #[error(
+        "one message may carry at most {limit} bytes of file data (MAX_CHUNK_BYTES); send \
+         smaller chunks, or larger files with Upload or a resumable session (CreateUpload)"
+    )]
+    MessageTooLarge { limit: u64 },
     #[error("the file was declared as {declared} bytes but {received} bytes were sent")]
     SizeMismatch { declared: u64, received: u64 },
     #[error(
@@ -41,7 +46,9 @@ impl From<StorageError> for Status {
             StorageError::NotFound(message) => Status::not_found(message),
             StorageError::FailedPrecondition(message) => Status::failed_precondition(message),
             StorageError::PermissionDenied(message) => Status::permission_denied(message),
-            StorageError::TooLarge { .. } => Status::resource_exhausted(err.to_string()),
+            StorageError::TooLarge { .. } | StorageError::MessageTooLarge { .. } => {
+                Status::resource_exhausted(err.to_string())
+            }
             StorageError::ChecksumMismatch { .. } => Status::data_loss(err.to_string()),
             // tonic reports an over-sized message as OUT_OF_RANGE; to the client it is a
             // limit it exceeded.

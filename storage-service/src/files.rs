@@ -6,8 +6,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
-use object_store::ObjectStoreExt;
+use object_store::{ObjectStoreExt, PutOptions};
+use sha2::{Digest, Sha256};
 use strongbox_proto::storage::v1::{FileInfo, FileMetadata, download_response};
 use uuid::Uuid;
 
@@ -20,7 +22,7 @@ use crate::names::{ObjectKey, SafeName, Sha256Hex};
 use crate::parts::{Destination, PartWriter};
 use crate::policy::{ContentType, UploadPolicy};
 use crate::sessions::{ChunksInFlight, SessionDigests};
-use crate::sink::{Expectations, UploadSink};
+use crate::sink::{Expectations, UploadSink, Written};
 
 pub const STATUS_UPLOADED: &str = "uploaded";
 /// Original filenames longer than this are refused (the key uses a shortened form anyway).
@@ -121,7 +123,37 @@ impl Storage {
     /// Completes the object and makes it a visible file.
     pub async fn commit(&self, file: NewFile, sink: UploadSink) -> Result<FileRow, StorageError> {
         let written = sink.finish().await?;
-        let row = file_row(&file, written.size, written.sha256.as_str());
+        self.record(&file, written).await
+    }
+
+    /// Stores a file that arrived whole (PutFile) as one PUT and makes it a visible file.
+    /// Its bytes are already in memory, reserved for the call (`guard.rs`): they go to
+    /// storage as they are, not through a [`UploadSink`]'s part buffers.
+    pub async fn store_whole(&self, file: NewFile, data: Bytes) -> Result<FileRow, StorageError> {
+        file.expect.check_received(data.len() as u64)?;
+        let written = Written {
+            size: data.len() as u64,
+            sha256: Sha256Hex::from_digest(&Sha256::digest(&data)),
+        };
+        file.expect.check_complete(&written)?;
+        let options = PutOptions {
+            attributes: self
+                .backend
+                .put_options(&file.filename, file.content_type.as_str())
+                .attributes,
+            ..Default::default()
+        };
+        self.backend
+            .store
+            .put_opts(&file.key.path(), data.into(), options)
+            .await?;
+        self.record(&file, written).await
+    }
+
+    /// Makes a stored object a visible file: its index row, or, if that cannot be
+    /// written, no object either.
+    async fn record(&self, file: &NewFile, written: Written) -> Result<FileRow, StorageError> {
+        let row = file_row(file, written.size, written.sha256.as_str());
         if let Err(err) = self.index.insert_file(&row).await {
             self.remove_object(&file.key).await;
             return Err(err);

@@ -1,9 +1,10 @@
 //! What every upload call passes before tonic reads its messages: a request body that
-//! goes idle fails, and a resumable-session chunk waits for its memory.
+//! goes idle fails, and a one-message upload (a session chunk, a PutFile) waits for its
+//! memory.
 //!
 //! Both must happen ahead of tonic. A unary call's message is decoded in full before
 //! the handler runs, so a handler could only account for memory already taken; here a
-//! chunk call waits with its bytes still in HTTP/2 buffers (bounded by flow control,
+//! one-message call waits with its bytes still in HTTP/2 buffers (bounded by flow control,
 //! see `memory.rs`) until there is room, and holds the room until its response is
 //! ready — the chunk is stored by then. And an upload holds memory others wait for, so
 //! a client that stops sending mid-body must not keep it: after `idle` with no data the
@@ -23,13 +24,18 @@ use tonic::body::Body;
 use tonic::codegen::{BoxFuture, Service, http};
 use tonic::server::NamedService;
 
+use crate::error::StorageError;
 use crate::memory::UploadMemory;
 
 /// The upload calls of the service it wraps.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum UploadCall {
+    /// Upload: a stream whose parts reserve their own memory (`parts.rs`).
     Stream,
+    /// UploadChunk: one message of at most a chunk.
     Chunk,
+    /// PutFile: one message of at most a chunk.
+    Whole,
 }
 
 #[derive(Clone)]
@@ -60,6 +66,7 @@ impl<S: NamedService> UploadGuard<S> {
         match path.strip_prefix('/')?.strip_prefix(S::NAME)? {
             "/Upload" => Some(UploadCall::Stream),
             "/UploadChunk" => Some(UploadCall::Chunk),
+            "/PutFile" => Some(UploadCall::Whole),
             _ => None,
         }
     }
@@ -107,8 +114,24 @@ where
                 Ok(room) => room,
                 Err(err) => return Ok(Status::from(err).into_http()),
             };
-            inner.call(request).await
+            let response = inner.call(request).await?;
+            Ok(over_limit(response, bytes))
         })
+    }
+}
+
+/// tonic refuses a message over its decoding limit with OUT_OF_RANGE before any handler
+/// runs; to the client that is a limit it passed, said the way the handlers say it.
+fn over_limit(response: http::Response<Body>, chunk_bytes: usize) -> http::Response<Body> {
+    match Status::from_header_map(response.headers()) {
+        Some(status) if status.code() == tonic::Code::OutOfRange => {
+            tracing::info!(message = status.message(), "a message over the size limit");
+            Status::from(StorageError::MessageTooLarge {
+                limit: chunk_bytes as u64,
+            })
+            .into_http()
+        }
+        _ => response,
     }
 }
 
@@ -149,6 +172,9 @@ impl http_body::Body for IdleBody {
             UploadCall::Chunk => format!(
                 "no data arrived for {seconds} s, so this chunk was not stored; send it again \
                  from the session's offset (GetUploadStatus)"
+            ),
+            UploadCall::Whole => format!(
+                "no data arrived for {seconds} s, so the file was not stored; send it again"
             ),
         }))))
     }

@@ -10,10 +10,10 @@ use strongbox_proto::storage::v1::storage_service_server::StorageService;
 use strongbox_proto::storage::v1::{
     AbortUploadRequest, AbortUploadResponse, CompleteUploadRequest, CompleteUploadResponse,
     CreateUploadRequest, CreateUploadResponse, DeleteFileRequest, DeleteFileResponse,
-    DownloadRequest, DownloadResponse, FileInfo, GetDownloadUrlRequest, GetDownloadUrlResponse,
-    GetUploadStatusRequest, GetUploadStatusResponse, ListFilesRequest, ListFilesResponse,
-    StatFileRequest, StatFileResponse, UploadChunkRequest, UploadChunkResponse, UploadRequest,
-    UploadResponse,
+    DownloadRequest, DownloadResponse, FileInfo, FileMetadata, GetDownloadUrlRequest,
+    GetDownloadUrlResponse, GetUploadStatusRequest, GetUploadStatusResponse, ListFilesRequest,
+    ListFilesResponse, PutFileRequest, PutFileResponse, StatFileRequest, StatFileResponse,
+    UploadChunkRequest, UploadChunkResponse, UploadRequest, UploadResponse,
 };
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
@@ -95,16 +95,30 @@ impl StorageService for StorageApi {
         )))
     }
 
+    async fn put_file(
+        &self,
+        request: Request<PutFileRequest>,
+    ) -> Result<Response<PutFileResponse>, Status> {
+        let user = self.verifier.authenticate(&request).await?;
+        let PutFileRequest { metadata, data } = request.into_inner();
+        let metadata = required(metadata)?;
+        let limit = self.storage.max_chunk_bytes;
+        if data.len() as u64 > limit {
+            return Err(StorageError::MessageTooLarge { limit }.into());
+        }
+        let file = self.storage.plan(user, metadata)?;
+        let storage = self.storage.clone();
+        let row = detached(async move { storage.store_whole(file, data).await }).await?;
+        let file = self.storage.describe(&row).await?;
+        Ok(Response::new(PutFileResponse { file: Some(file) }))
+    }
+
     async fn create_upload(
         &self,
         request: Request<CreateUploadRequest>,
     ) -> Result<Response<CreateUploadResponse>, Status> {
         let user = self.verifier.authenticate(&request).await?;
-        let metadata = request.into_inner().metadata.ok_or_else(|| {
-            Status::invalid_argument(
-                "metadata is required: filename, content_type and, if known, size and sha256",
-            )
-        })?;
+        let metadata = required(request.into_inner().metadata)?;
         Ok(Response::new(
             self.storage.create_session(user, metadata).await?,
         ))
@@ -233,6 +247,14 @@ impl StorageService for StorageApi {
         self.storage.delete(user, &request.into_inner().key).await?;
         Ok(Response::new(DeleteFileResponse {}))
     }
+}
+
+fn required(metadata: Option<FileMetadata>) -> Result<FileMetadata, Status> {
+    metadata.ok_or_else(|| {
+        Status::invalid_argument(
+            "metadata is required: filename, content_type and, if known, size and sha256",
+        )
+    })
 }
 
 fn upload_response(file: FileInfo) -> UploadResponse {

@@ -113,10 +113,9 @@ impl Storage {
     ) -> Result<u64, StorageError> {
         let length = data.len() as u64;
         if length > self.max_chunk_bytes {
-            return Err(StorageError::InvalidArgument(format!(
-                "a chunk may hold at most {} bytes",
-                self.max_chunk_bytes
-            )));
+            return Err(StorageError::MessageTooLarge {
+                limit: self.max_chunk_bytes,
+            });
         }
         // Announced before anything else, so a chunk sent right behind this one finds it.
         let announced = self.appending.announce(id, offset + length);

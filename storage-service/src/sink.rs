@@ -23,12 +23,45 @@ pub struct Written {
     pub sha256: Sha256Hex,
 }
 
-/// The checks a sink holds its bytes to.
+/// The checks an upload's bytes are held to.
 #[derive(Debug, Clone)]
 pub struct Expectations {
     pub max_bytes: u64,
     pub size: Option<u64>,
     pub sha256: Option<Sha256Hex>,
+}
+
+impl Expectations {
+    /// Whether `received` bytes so far can still make a valid file: checked as bytes
+    /// arrive, so an upload fails the moment it passes a limit.
+    pub fn check_received(&self, received: u64) -> Result<(), StorageError> {
+        if received > self.max_bytes {
+            return Err(StorageError::TooLarge {
+                limit: self.max_bytes,
+            });
+        }
+        match self.size {
+            Some(declared) if received > declared => {
+                Err(StorageError::SizeMismatch { declared, received })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the complete content is what the client declared.
+    pub fn check_complete(&self, written: &Written) -> Result<(), StorageError> {
+        let received = written.size;
+        if let Some(declared) = self.size.filter(|&declared| declared != received) {
+            return Err(StorageError::SizeMismatch { declared, received });
+        }
+        match &self.sha256 {
+            Some(declared) if *declared != written.sha256 => Err(StorageError::ChecksumMismatch {
+                declared: declared.as_str().to_owned(),
+                actual: written.sha256.as_str().to_owned(),
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 pub struct UploadSink {
@@ -58,14 +91,7 @@ impl UploadSink {
     /// (backpressure all the way to the client). Fails as soon as a limit is passed.
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
         let received = self.received + chunk.len() as u64;
-        if received > self.expect.max_bytes {
-            return Err(StorageError::TooLarge {
-                limit: self.expect.max_bytes,
-            });
-        }
-        if let Some(declared) = self.expect.size.filter(|&declared| received > declared) {
-            return Err(StorageError::SizeMismatch { declared, received });
-        }
+        self.expect.check_received(received)?;
         let writer = self.writer.as_mut().ok_or_else(finished)?;
         // Hashing a chunk (≤ a few MiB) takes a few milliseconds: cheap enough to stay
         // on the async worker, like TLS encryption would.
@@ -77,33 +103,20 @@ impl UploadSink {
 
     /// Checks the declared size and checksum and completes the object, or aborts it.
     pub async fn finish(mut self) -> Result<Written, StorageError> {
-        let sha256 = Sha256Hex::from_digest(&std::mem::take(&mut self.hasher).finalize());
-        let received = self.received;
-        if let Some(declared) = self.expect.size.filter(|&declared| declared != received) {
+        let written = Written {
+            size: self.received,
+            sha256: Sha256Hex::from_digest(&std::mem::take(&mut self.hasher).finalize()),
+        };
+        if let Err(err) = self.expect.check_complete(&written) {
             self.abort().await;
-            return Err(StorageError::SizeMismatch { declared, received });
-        }
-        if let Some(declared) = self
-            .expect
-            .sha256
-            .clone()
-            .filter(|declared| *declared != sha256)
-        {
-            self.abort().await;
-            return Err(StorageError::ChecksumMismatch {
-                declared: declared.as_str().to_owned(),
-                actual: sha256.as_str().to_owned(),
-            });
+            return Err(err);
         }
         let mut writer = self.writer.take().ok_or_else(finished)?;
         if let Err(err) = writer.finish().await {
             writer.abort().await;
             return Err(err);
         }
-        Ok(Written {
-            size: self.received,
-            sha256,
-        })
+        Ok(written)
     }
 
     /// Discards everything written so far.

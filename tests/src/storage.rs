@@ -10,8 +10,8 @@ use strongbox_proto::auth::v1::MeRequest;
 use strongbox_proto::storage::v1::storage_service_client::StorageServiceClient;
 use strongbox_proto::storage::v1::{
     CompleteUploadRequest, CreateUploadRequest, CreateUploadResponse, DownloadRequest, FileInfo,
-    FileMetadata, ListFilesRequest, UploadEnd, UploadRequest, UploadResponse, download_response,
-    upload_request,
+    FileMetadata, ListFilesRequest, PutFileRequest, UploadEnd, UploadRequest, UploadResponse,
+    download_response, upload_request,
 };
 use tonic::transport::Channel;
 use tonic::{Request, Status};
@@ -212,6 +212,16 @@ impl User {
             ..metadata(filename, "application/octet-stream")
         };
         self.upload(declared, chunks).await
+    }
+
+    /// Stores `data` whole in one PutFile call.
+    pub async fn put_file(&self, metadata: FileMetadata, data: Bytes) -> Result<FileInfo, Status> {
+        let request = self.req(PutFileRequest {
+            metadata: Some(metadata),
+            data,
+        });
+        let file = self.client().put_file(request).await?.into_inner().file;
+        Ok(file.expect("PutFile describes the stored file"))
     }
 
     /// Starts a resumable session for `metadata`.

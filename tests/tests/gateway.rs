@@ -11,7 +11,7 @@ use strongbox_proto::auth::v1::{LoginRequest, MeRequest, RegisterRequest};
 use strongbox_proto::storage::v1::storage_service_client::StorageServiceClient;
 use strongbox_proto::storage::v1::{
     CompleteUploadRequest, CreateUploadRequest, DeleteFileRequest, FileMetadata,
-    GetDownloadUrlRequest, ListFilesRequest, UploadChunkRequest,
+    GetDownloadUrlRequest, ListFilesRequest, PutFileRequest, UploadChunkRequest,
 };
 use strongbox_tests::auth::{PASSWORD, with_bearer};
 use strongbox_tests::gateway::System;
@@ -242,7 +242,7 @@ async fn grpcurl_uses_reflection_and_json_through_the_gateway() {
 
 /// grpc-web over HTTP/1.1 with tonic-web's client layer: the same framing browsers use.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_web_clients_can_do_everything_through_resumable_sessions() {
+async fn grpc_web_clients_can_do_everything_through_sessions_and_put_file() {
     let system = System::start(Backend::Local).await;
     let http1 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http();
@@ -327,19 +327,39 @@ async fn grpc_web_clients_can_do_everything_through_resumable_sessions() {
         .file
         .unwrap();
     assert_eq!(file.sha256, sha256_hex(&content));
+
+    // A small file in one call.
+    let small = pseudo_random(300 * 1024, 13);
+    let put = storage
+        .put_file(with_bearer(
+            PutFileRequest {
+                metadata: Some(metadata("small.bin", "")),
+                data: Bytes::copy_from_slice(&small),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .file
+        .unwrap();
+    assert_eq!(put.sha256, sha256_hex(&small));
+
     let listed = storage
         .list_files(with_bearer(ListFilesRequest::default(), &token))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(listed.files.len(), 1);
-    let downloaded = reqwest::get(&file.url)
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    assert!(downloaded == content);
+    assert_eq!(listed.files.len(), 2);
+    for (file, content) in [(file, content), (put, small)] {
+        let downloaded = reqwest::get(&file.url)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert!(downloaded == content, "{} differs", file.filename);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

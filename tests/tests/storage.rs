@@ -9,7 +9,7 @@ use bytes::Bytes;
 use strongbox_proto::storage::v1::{
     AbortUploadRequest, CompleteUploadRequest, CreateUploadRequest, DeleteFileRequest,
     DownloadRequest, FileMetadata, GetDownloadUrlRequest, GetUploadStatusRequest, ListFilesRequest,
-    StatFileRequest, UploadChunkRequest, UploadEnd, UploadRequest, upload_request,
+    PutFileRequest, StatFileRequest, UploadChunkRequest, UploadEnd, UploadRequest, upload_request,
 };
 use strongbox_tests::storage::{
     Backend, Stack, User, download_with, metadata, pseudo_random, sha256_hex, upload_then_vanish,
@@ -49,7 +49,156 @@ on_both_backends!(
     a_session_with_a_wrong_checksum_is_data_loss_and_leaves_nothing,
     sessions_share_a_single_chunk_of_memory_and_all_finish,
     a_chunk_that_arrives_before_its_predecessor_waits_for_it,
+    a_small_file_is_stored_in_one_call,
+    one_message_uploads_refuse_bad_input_and_store_nothing,
 );
+
+/// PutFile: a whole file in one message, held to the same checks as a stream.
+async fn a_small_file_is_stored_in_one_call(backend: Backend) {
+    let stack = Stack::start(backend, |_| {}).await;
+    let user = stack.user("whole").await;
+    let content = pseudo_random(700 * 1024, 31);
+    let declared = FileMetadata {
+        size: Some(content.len() as u64),
+        sha256: Some(sha256_hex(&content)),
+        ..metadata("../notes d'été.txt", "text/plain")
+    };
+    let stored = user
+        .put_file(declared, Bytes::from(content.clone()))
+        .await
+        .expect("PutFile");
+    assert_eq!(stored.filename, "../notes d'été.txt");
+    assert_eq!(stored.size, content.len() as u64);
+    assert_eq!(stored.sha256, sha256_hex(&content));
+    assert_eq!(stored.content_type, "text/plain");
+    assert!(
+        stored.key.starts_with(&format!("{}/", user.id)),
+        "{}",
+        stored.key
+    );
+    let listed = user.list_all().await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].key, stored.key);
+    let (_, downloaded) = user.download(&stored.key).await.expect("a download");
+    assert!(downloaded == content, "the stored bytes differ");
+    // Nothing declared but the name: the service works out size and checksum.
+    let empty = user
+        .put_file(metadata("empty", ""), Bytes::new())
+        .await
+        .expect("an empty PutFile");
+    assert_eq!(empty.size, 0);
+    assert_eq!(empty.sha256, sha256_hex(b""));
+    assert_eq!(stack.settle_stored_files(2).await.len(), 2);
+}
+
+async fn one_message_uploads_refuse_bad_input_and_store_nothing(backend: Backend) {
+    let stack = Stack::start(backend, |config| config.max_upload_bytes = 1024 * 1024).await;
+    let user = stack.user("whole-bad").await;
+    let content = Bytes::from(pseudo_random(64 * 1024, 32));
+    let cases = [
+        (
+            "a wrong checksum",
+            FileMetadata {
+                sha256: Some(sha256_hex(b"something else")),
+                ..metadata("a.bin", "")
+            },
+            content.clone(),
+            Code::DataLoss,
+            "SHA-256",
+        ),
+        (
+            "a wrong size",
+            FileMetadata {
+                size: Some(content.len() as u64 + 1),
+                ..metadata("a.bin", "")
+            },
+            content.clone(),
+            Code::InvalidArgument,
+            "declared",
+        ),
+        (
+            "over the upload limit",
+            metadata("a.bin", ""),
+            Bytes::from(vec![1u8; 1024 * 1024 + 1]),
+            Code::ResourceExhausted,
+            "1048576",
+        ),
+        (
+            "a malformed checksum",
+            FileMetadata {
+                sha256: Some("xyz".into()),
+                ..metadata("a.bin", "")
+            },
+            content.clone(),
+            Code::InvalidArgument,
+            "sha256",
+        ),
+    ];
+    for (what, declared, data, code, expected) in cases {
+        let status = user.put_file(declared, data).await.unwrap_err();
+        assert_eq!(status.code(), code, "{what}: {status:?}");
+        assert!(
+            status.message().contains(expected),
+            "{what}: {}",
+            status.message()
+        );
+    }
+    let status = user
+        .client()
+        .put_file(user.req(PutFileRequest {
+            metadata: None,
+            data: content.clone(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("metadata"),
+        "{}",
+        status.message()
+    );
+    // More than one message may carry, as a whole file or as a session's chunk: just over
+    // the chunk limit, and far over it (which the transport refuses before the service
+    // sees it). Each says what to do instead.
+    let session = user.create_session(metadata("huge.bin", "")).await;
+    let chunk_limit = stack.config.max_chunk_bytes as usize;
+    for size in [chunk_limit + 1, chunk_limit + 1024 * 1024] {
+        let data = Bytes::from(vec![0u8; size]);
+        let whole = user
+            .put_file(metadata("huge.bin", ""), data.clone())
+            .await
+            .unwrap_err();
+        let chunk = user
+            .client()
+            .upload_chunk(user.req(UploadChunkRequest {
+                upload_id: session.upload_id.clone(),
+                offset: 0,
+                data,
+            }))
+            .await
+            .unwrap_err();
+        for status in [whole, chunk] {
+            assert_eq!(status.code(), Code::ResourceExhausted, "{size}: {status:?}");
+            assert!(
+                status.message().contains("resumable session"),
+                "{size}: {}",
+                status.message()
+            );
+        }
+    }
+    user.client()
+        .abort_upload(user.req(AbortUploadRequest {
+            upload_id: session.upload_id,
+        }))
+        .await
+        .expect("AbortUpload");
+    assert!(user.list_all().await.is_empty());
+    assert!(
+        stack.settle_stored_files(0).await.is_empty(),
+        "{:?}",
+        stack.stored_files()
+    );
+}
 
 /// A client sending a chunk while the one before is still on its way cannot tell which
 /// reaches the service first; the one that is early waits (briefly) for the other
@@ -668,6 +817,15 @@ async fn every_call_needs_a_valid_token(backend: Backend) {
         client
             .create_upload(CreateUploadRequest {
                 metadata: Some(metadata("a", "")),
+            })
+            .await
+            .unwrap_err(),
+    );
+    expect_unauthenticated(
+        client
+            .put_file(PutFileRequest {
+                metadata: Some(metadata("a", "")),
+                data: Bytes::from_static(b"a"),
             })
             .await
             .unwrap_err(),

@@ -49,25 +49,39 @@ after(async () => {
   }
 });
 
-test("register, log in, upload 20 MiB, download it intact, delete it", { timeout: 180_000 }, async (t) => {
+test("register, log in, upload 20 MiB and a small file, download them intact, delete them", { timeout: 180_000 }, async (t) => {
   const page = await openPage(t);
   await registerAndLogIn(page);
-  const file = await randomFile(`e2e-${randomUUID()}.bin`, 20 * MiB);
+  const large = await randomFile(`e2e-${randomUUID()}.bin`, 20 * MiB);
+  // Up to 1 MiB a file goes in one PutFile call; a larger one through a session.
+  const small = await randomFile(`e2e-small-${randomUUID()}.bin`, 300 * 1024);
+  const calls = [];
+  page.on("request", (request) => {
+    const method = new URL(request.url()).pathname.match(/^\/storage\.v1\.StorageService\/(\w+)$/);
+    if (method) {
+      calls.push(method[1]);
+    }
+  });
 
-  await page.setInputFiles("#file-input", file.path);
-  const upload = uploadRow(page, file.name);
-  await upload.locator('[data-testid="progress-percent"]', { hasText: "100%" }).waitFor();
-  await page.locator('[data-testid="upload-row"][data-state="done"]', { hasText: file.name }).waitFor();
-  const listed = fileRow(page, file.name);
-  await listed.waitFor();
+  await page.setInputFiles("#file-input", [large.path, small.path]);
+  for (const file of [large, small]) {
+    const upload = uploadRow(page, file.name);
+    await upload.locator('[data-testid="progress-percent"]', { hasText: "100%" }).waitFor();
+    await page.locator('[data-testid="upload-row"][data-state="done"]', { hasText: file.name }).waitFor();
+    await fileRow(page, file.name).waitFor();
+  }
+  assert.equal(calls.filter((call) => call === "PutFile").length, 1, calls.join(" "));
+  assert.equal(calls.filter((call) => call === "CreateUpload").length, 1, calls.join(" "));
   await mkdir(dirname(SCREENSHOT), { recursive: true });
   await page.screenshot({ path: SCREENSHOT, fullPage: true });
 
-  assert.equal(await downloadedSha256(listed), file.sha256);
-
-  page.once("dialog", (dialog) => dialog.accept());
-  await listed.locator('[data-testid="delete"]').click();
-  await listed.waitFor({ state: "detached" });
+  for (const file of [large, small]) {
+    const listed = fileRow(page, file.name);
+    assert.equal(await downloadedSha256(listed), file.sha256, file.name);
+    page.once("dialog", (dialog) => dialog.accept());
+    await listed.locator('[data-testid="delete"]').click();
+    await listed.waitFor({ state: "detached" });
+  }
 });
 
 test("an upload interrupted by a reload resumes where it stopped", { timeout: 300_000 }, async (t) => {

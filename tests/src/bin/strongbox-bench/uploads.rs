@@ -1,7 +1,8 @@
 //! Upload throughput, side by side: (a) `object_store` multipart straight to the S3
 //! server, the physical limit of this machine; (b) through storage-service; (c) through
 //! the gateway over native gRPC; (d) through the gateway over grpc-web (tonic-web's
-//! client, resumable sessions, as browsers upload). Each measurement also records the
+//! client, as browsers upload: files up to 1 MiB in one PutFile call, larger ones in
+//! resumable sessions). Each measurement also records the
 //! peak RSS of storage-service and the gateway, and deletes what it uploaded, so a full
 //! run needs disk for one measurement at a time.
 
@@ -16,7 +17,7 @@ use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use strongbox_proto::storage::v1::storage_service_client::StorageServiceClient;
 use strongbox_proto::storage::v1::{
     CompleteUploadRequest, CreateUploadRequest, DeleteFileRequest, FileMetadata, ListFilesRequest,
-    UploadChunkRequest, UploadEnd, UploadRequest, upload_request,
+    PutFileRequest, UploadChunkRequest, UploadEnd, UploadRequest, upload_request,
 };
 use strongbox_tests::auth::with_bearer;
 use strongbox_tests::process::{cpu_time, mib};
@@ -30,6 +31,8 @@ pub const MIB: u64 = 1024 * 1024;
 /// slices of one random block, so producing data costs the client nothing.
 const CHUNK: u64 = MIB;
 const SESSION_CHUNK: u64 = 8 * MIB;
+/// Files up to this size go over grpc-web in one PutFile call, as the page sends them.
+const WHOLE_FILE_MAX: u64 = MIB;
 /// The part size and parts in flight storage-service runs with (its defaults), used for
 /// the direct baseline too, so (a) and (b) do the same S3 requests.
 const PART_SIZE: usize = 8 * MIB as usize;
@@ -156,6 +159,9 @@ pub async fn measure(system: &mut System, clients: &Clients, size: u64, concurre
                 match via {
                     Via::Storage => upload_grpc(clients.storage.clone(), token, size, block).await,
                     Via::Gateway => upload_grpc(clients.gateway.clone(), token, size, block).await,
+                    Via::GrpcWeb if size <= WHOLE_FILE_MAX => {
+                        put_file(clients.grpc_web.clone(), token, size, block).await
+                    }
                     Via::GrpcWeb => {
                         upload_session(clients.grpc_web.clone(), token, size, block).await
                     }
@@ -299,6 +305,21 @@ fn grpc_web_client(url: &str) -> GrpcWeb {
     let service = tonic_web::GrpcWebClientService::new(http1);
     StorageServiceClient::with_origin(service, url.parse().expect("a URL"))
         .max_decoding_message_size(16 * MIB as usize)
+}
+
+async fn put_file(mut client: GrpcWeb, token: String, size: u64, block: Bytes) -> String {
+    let request = PutFileRequest {
+        metadata: Some(declared(size)),
+        data: block.slice(..size as usize),
+    };
+    client
+        .put_file(with_bearer(request, &token))
+        .await
+        .expect("PutFile succeeds")
+        .into_inner()
+        .file
+        .expect("the stored file")
+        .key
 }
 
 async fn upload_session(mut client: GrpcWeb, token: String, size: u64, block: Bytes) -> String {

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file storage/v1/storage.proto.
  */
 export const file_storage_v1_storage: GenFile = /*@__PURE__*/
-  fileDesc("ChhzdG9yYWdlL3YxL3N0b3JhZ2UucHJvdG8SCnN0b3JhZ2UudjEicgoMRmlsZU1ldGFkYXRhEhAKCGZpbGVuYW1lGAEgASgJEhQKDGNvbnRlbnRfdHlwZRgCIAEoCRIRCgRzaXplGAMgASgESACIAQESEwoGc2hhMjU2GAQgASgJSAGIAQFCBwoFX3NpemVCCQoHX3NoYTI1NiLeAQoIRmlsZUluZm8SEAoIZmlsZW5hbWUYASABKAkSCwoDa2V5GAIgASgJEgsKA3VybBgDIAEoCRIOCgZzdGF0dXMYBCABKAkSDAoEc2l6ZRgFIAEoBBIOCgZzaGEyNTYYBiABKAkSFAoMY29udGVudF90eXBlGAcgASgJEi4KCmNyZWF0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDnVybF9leHBpcmVzX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ/Cg1VcGxvYWRSZXF1ZXN0EiwKCG1ldGFkYXRhGAEgASgLMhguc3RvcmFnZS52MS5GaWxlTWV0YWRhdGFIABIPCgVjaHVuaxgCIAEoDEgAEiQKA2VuZBgDIAEoCzIVLnN0b3JhZ2UudjEuVXBsb2FkRW5kSABCCQoHcGF5bG9hZCILCglVcGxvYWRFbmQi5AEKDlVwbG9hZFJlc3BvbnNlEhAKCGZpbGVuYW1lGAEgASgJEgsKA2tleRgCIAEoCRILCgN1cmwYAyABKAkSDgoGc3RhdHVzGAQgASgJEgwKBHNpemUYBSABKAQSDgoGc2hhMjU2GAYgASgJEhQKDGNvbnRlbnRfdHlwZRgHIAEoCRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg51cmxfZXhwaXJlc19hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiQQoTQ3JlYXRlVXBsb2FkUmVxdWVzdBIqCghtZXRhZGF0YRgBIAEoCzIYLnN0b3JhZ2UudjEuRmlsZU1ldGFkYXRhIokBChRDcmVhdGVVcGxvYWRSZXNwb25zZRIRCgl1cGxvYWRfaWQYASABKAkSFgoObWF4X2NodW5rX3NpemUYAiABKAQSLgoKZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoObWluX2NodW5rX3NpemUYBCABKAQiRQoSVXBsb2FkQ2h1bmtSZXF1ZXN0EhEKCXVwbG9hZF9pZBgBIAEoCRIOCgZvZmZzZXQYAiABKAQSDAoEZGF0YRgDIAEoDCIlChNVcGxvYWRDaHVua1Jlc3BvbnNlEg4KBm9mZnNldBgBIAEoBCIrChZHZXRVcGxvYWRTdGF0dXNSZXF1ZXN0EhEKCXVwbG9hZF9pZBgBIAEoCSKYAQoXR2V0VXBsb2FkU3RhdHVzUmVzcG9uc2USEQoJdXBsb2FkX2lkGAEgASgJEg4KBm9mZnNldBgCIAEoBBIqCghtZXRhZGF0YRgDIAEoCzIYLnN0b3JhZ2UudjEuRmlsZU1ldGFkYXRhEi4KCmV4cGlyZXNfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIioKFUNvbXBsZXRlVXBsb2FkUmVxdWVzdBIRCgl1cGxvYWRfaWQYASABKAkiPAoWQ29tcGxldGVVcGxvYWRSZXNwb25zZRIiCgRmaWxlGAEgASgLMhQuc3RvcmFnZS52MS5GaWxlSW5mbyInChJBYm9ydFVwbG9hZFJlcXVlc3QSEQoJdXBsb2FkX2lkGAEgASgJIhUKE0Fib3J0VXBsb2FkUmVzcG9uc2UiOQoQTGlzdEZpbGVzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCSJRChFMaXN0RmlsZXNSZXNwb25zZRIjCgVmaWxlcxgBIAMoCzIULnN0b3JhZ2UudjEuRmlsZUluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIh4KD1N0YXRGaWxlUmVxdWVzdBILCgNrZXkYASABKAkiNgoQU3RhdEZpbGVSZXNwb25zZRIiCgRmaWxlGAEgASgLMhQuc3RvcmFnZS52MS5GaWxlSW5mbyI4ChVHZXREb3dubG9hZFVybFJlcXVlc3QSCwoDa2V5GAEgASgJEhIKCmV4cGlyZXNfaW4YAiABKA0iVQoWR2V0RG93bmxvYWRVcmxSZXNwb25zZRILCgN1cmwYASABKAkSLgoKZXhwaXJlc19hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiQgoPRG93bmxvYWRSZXF1ZXN0EgsKA2tleRgBIAEoCRIPCgdleHBpcmVzGAIgASgEEhEKCXNpZ25hdHVyZRgDIAEoCSJUChBEb3dubG9hZFJlc3BvbnNlEiQKBGluZm8YASABKAsyFC5zdG9yYWdlLnYxLkZpbGVJbmZvSAASDwoFY2h1bmsYAiABKAxIAEIJCgdwYXlsb2FkIiAKEURlbGV0ZUZpbGVSZXF1ZXN0EgsKA2tleRgBIAEoCSIUChJEZWxldGVGaWxlUmVzcG9uc2Uy+wYKDlN0b3JhZ2VTZXJ2aWNlEkEKBlVwbG9hZBIZLnN0b3JhZ2UudjEuVXBsb2FkUmVxdWVzdBoaLnN0b3JhZ2UudjEuVXBsb2FkUmVzcG9uc2UoARJRCgxDcmVhdGVVcGxvYWQSHy5zdG9yYWdlLnYxLkNyZWF0ZVVwbG9hZFJlcXVlc3QaIC5zdG9yYWdlLnYxLkNyZWF0ZVVwbG9hZFJlc3BvbnNlEk4KC1VwbG9hZENodW5rEh4uc3RvcmFnZS52MS5VcGxvYWRDaHVua1JlcXVlc3QaHy5zdG9yYWdlLnYxLlVwbG9hZENodW5rUmVzcG9uc2USWgoPR2V0VXBsb2FkU3RhdHVzEiIuc3RvcmFnZS52MS5HZXRVcGxvYWRTdGF0dXNSZXF1ZXN0GiMuc3RvcmFnZS52MS5HZXRVcGxvYWRTdGF0dXNSZXNwb25zZRJXCg5Db21wbGV0ZVVwbG9hZBIhLnN0b3JhZ2UudjEuQ29tcGxldGVVcGxvYWRSZXF1ZXN0GiIuc3RvcmFnZS52MS5Db21wbGV0ZVVwbG9hZFJlc3BvbnNlEk4KC0Fib3J0VXBsb2FkEh4uc3RvcmFnZS52MS5BYm9ydFVwbG9hZFJlcXVlc3QaHy5zdG9yYWdlLnYxLkFib3J0VXBsb2FkUmVzcG9uc2USSAoJTGlzdEZpbGVzEhwuc3RvcmFnZS52MS5MaXN0RmlsZXNSZXF1ZXN0Gh0uc3RvcmFnZS52MS5MaXN0RmlsZXNSZXNwb25zZRJFCghTdGF0RmlsZRIbLnN0b3JhZ2UudjEuU3RhdEZpbGVSZXF1ZXN0Ghwuc3RvcmFnZS52MS5TdGF0RmlsZVJlc3BvbnNlElcKDkdldERvd25sb2FkVXJsEiEuc3RvcmFnZS52MS5HZXREb3dubG9hZFVybFJlcXVlc3QaIi5zdG9yYWdlLnYxLkdldERvd25sb2FkVXJsUmVzcG9uc2USRwoIRG93bmxvYWQSGy5zdG9yYWdlLnYxLkRvd25sb2FkUmVxdWVzdBocLnN0b3JhZ2UudjEuRG93bmxvYWRSZXNwb25zZTABEksKCkRlbGV0ZUZpbGUSHS5zdG9yYWdlLnYxLkRlbGV0ZUZpbGVSZXF1ZXN0Gh4uc3RvcmFnZS52MS5EZWxldGVGaWxlUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChhzdG9yYWdlL3YxL3N0b3JhZ2UucHJvdG8SCnN0b3JhZ2UudjEicgoMRmlsZU1ldGFkYXRhEhAKCGZpbGVuYW1lGAEgASgJEhQKDGNvbnRlbnRfdHlwZRgCIAEoCRIRCgRzaXplGAMgASgESACIAQESEwoGc2hhMjU2GAQgASgJSAGIAQFCBwoFX3NpemVCCQoHX3NoYTI1NiLeAQoIRmlsZUluZm8SEAoIZmlsZW5hbWUYASABKAkSCwoDa2V5GAIgASgJEgsKA3VybBgDIAEoCRIOCgZzdGF0dXMYBCABKAkSDAoEc2l6ZRgFIAEoBBIOCgZzaGEyNTYYBiABKAkSFAoMY29udGVudF90eXBlGAcgASgJEi4KCmNyZWF0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDnVybF9leHBpcmVzX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ/Cg1VcGxvYWRSZXF1ZXN0EiwKCG1ldGFkYXRhGAEgASgLMhguc3RvcmFnZS52MS5GaWxlTWV0YWRhdGFIABIPCgVjaHVuaxgCIAEoDEgAEiQKA2VuZBgDIAEoCzIVLnN0b3JhZ2UudjEuVXBsb2FkRW5kSABCCQoHcGF5bG9hZCILCglVcGxvYWRFbmQi5AEKDlVwbG9hZFJlc3BvbnNlEhAKCGZpbGVuYW1lGAEgASgJEgsKA2tleRgCIAEoCRILCgN1cmwYAyABKAkSDgoGc3RhdHVzGAQgASgJEgwKBHNpemUYBSABKAQSDgoGc2hhMjU2GAYgASgJEhQKDGNvbnRlbnRfdHlwZRgHIAEoCRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg51cmxfZXhwaXJlc19hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiSgoOUHV0RmlsZVJlcXVlc3QSKgoIbWV0YWRhdGEYASABKAsyGC5zdG9yYWdlLnYxLkZpbGVNZXRhZGF0YRIMCgRkYXRhGAIgASgMIjUKD1B1dEZpbGVSZXNwb25zZRIiCgRmaWxlGAEgASgLMhQuc3RvcmFnZS52MS5GaWxlSW5mbyJBChNDcmVhdGVVcGxvYWRSZXF1ZXN0EioKCG1ldGFkYXRhGAEgASgLMhguc3RvcmFnZS52MS5GaWxlTWV0YWRhdGEiiQEKFENyZWF0ZVVwbG9hZFJlc3BvbnNlEhEKCXVwbG9hZF9pZBgBIAEoCRIWCg5tYXhfY2h1bmtfc2l6ZRgCIAEoBBIuCgpleHBpcmVzX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5taW5fY2h1bmtfc2l6ZRgEIAEoBCJFChJVcGxvYWRDaHVua1JlcXVlc3QSEQoJdXBsb2FkX2lkGAEgASgJEg4KBm9mZnNldBgCIAEoBBIMCgRkYXRhGAMgASgMIiUKE1VwbG9hZENodW5rUmVzcG9uc2USDgoGb2Zmc2V0GAEgASgEIisKFkdldFVwbG9hZFN0YXR1c1JlcXVlc3QSEQoJdXBsb2FkX2lkGAEgASgJIpgBChdHZXRVcGxvYWRTdGF0dXNSZXNwb25zZRIRCgl1cGxvYWRfaWQYASABKAkSDgoGb2Zmc2V0GAIgASgEEioKCG1ldGFkYXRhGAMgASgLMhguc3RvcmFnZS52MS5GaWxlTWV0YWRhdGESLgoKZXhwaXJlc19hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiKgoVQ29tcGxldGVVcGxvYWRSZXF1ZXN0EhEKCXVwbG9hZF9pZBgBIAEoCSI8ChZDb21wbGV0ZVVwbG9hZFJlc3BvbnNlEiIKBGZpbGUYASABKAsyFC5zdG9yYWdlLnYxLkZpbGVJbmZvIicKEkFib3J0VXBsb2FkUmVxdWVzdBIRCgl1cGxvYWRfaWQYASABKAkiFQoTQWJvcnRVcGxvYWRSZXNwb25zZSI5ChBMaXN0RmlsZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJIlEKEUxpc3RGaWxlc1Jlc3BvbnNlEiMKBWZpbGVzGAEgAygLMhQuc3RvcmFnZS52MS5GaWxlSW5mbxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiHgoPU3RhdEZpbGVSZXF1ZXN0EgsKA2tleRgBIAEoCSI2ChBTdGF0RmlsZVJlc3BvbnNlEiIKBGZpbGUYASABKAsyFC5zdG9yYWdlLnYxLkZpbGVJbmZvIjgKFUdldERvd25sb2FkVXJsUmVxdWVzdBILCgNrZXkYASABKAkSEgoKZXhwaXJlc19pbhgCIAEoDSJVChZHZXREb3dubG9hZFVybFJlc3BvbnNlEgsKA3VybBgBIAEoCRIuCgpleHBpcmVzX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJCCg9Eb3dubG9hZFJlcXVlc3QSCwoDa2V5GAEgASgJEg8KB2V4cGlyZXMYAiABKAQSEQoJc2lnbmF0dXJlGAMgASgJIlQKEERvd25sb2FkUmVzcG9uc2USJAoEaW5mbxgBIAEoCzIULnN0b3JhZ2UudjEuRmlsZUluZm9IABIPCgVjaHVuaxgCIAEoDEgAQgkKB3BheWxvYWQiIAoRRGVsZXRlRmlsZVJlcXVlc3QSCwoDa2V5GAEgASgJIhQKEkRlbGV0ZUZpbGVSZXNwb25zZTK/BwoOU3RvcmFnZVNlcnZpY2USQQoGVXBsb2FkEhkuc3RvcmFnZS52MS5VcGxvYWRSZXF1ZXN0Ghouc3RvcmFnZS52MS5VcGxvYWRSZXNwb25zZSgBEkIKB1B1dEZpbGUSGi5zdG9yYWdlLnYxLlB1dEZpbGVSZXF1ZXN0Ghsuc3RvcmFnZS52MS5QdXRGaWxlUmVzcG9uc2USUQoMQ3JlYXRlVXBsb2FkEh8uc3RvcmFnZS52MS5DcmVhdGVVcGxvYWRSZXF1ZXN0GiAuc3RvcmFnZS52MS5DcmVhdGVVcGxvYWRSZXNwb25zZRJOCgtVcGxvYWRDaHVuaxIeLnN0b3JhZ2UudjEuVXBsb2FkQ2h1bmtSZXF1ZXN0Gh8uc3RvcmFnZS52MS5VcGxvYWRDaHVua1Jlc3BvbnNlEloKD0dldFVwbG9hZFN0YXR1cxIiLnN0b3JhZ2UudjEuR2V0VXBsb2FkU3RhdHVzUmVxdWVzdBojLnN0b3JhZ2UudjEuR2V0VXBsb2FkU3RhdHVzUmVzcG9uc2USVwoOQ29tcGxldGVVcGxvYWQSIS5zdG9yYWdlLnYxLkNvbXBsZXRlVXBsb2FkUmVxdWVzdBoiLnN0b3JhZ2UudjEuQ29tcGxldGVVcGxvYWRSZXNwb25zZRJOCgtBYm9ydFVwbG9hZBIeLnN0b3JhZ2UudjEuQWJvcnRVcGxvYWRSZXF1ZXN0Gh8uc3RvcmFnZS52MS5BYm9ydFVwbG9hZFJlc3BvbnNlEkgKCUxpc3RGaWxlcxIcLnN0b3JhZ2UudjEuTGlzdEZpbGVzUmVxdWVzdBodLnN0b3JhZ2UudjEuTGlzdEZpbGVzUmVzcG9uc2USRQoIU3RhdEZpbGUSGy5zdG9yYWdlLnYxLlN0YXRGaWxlUmVxdWVzdBocLnN0b3JhZ2UudjEuU3RhdEZpbGVSZXNwb25zZRJXCg5HZXREb3dubG9hZFVybBIhLnN0b3JhZ2UudjEuR2V0RG93bmxvYWRVcmxSZXF1ZXN0GiIuc3RvcmFnZS52MS5HZXREb3dubG9hZFVybFJlc3BvbnNlEkcKCERvd25sb2FkEhsuc3RvcmFnZS52MS5Eb3dubG9hZFJlcXVlc3QaHC5zdG9yYWdlLnYxLkRvd25sb2FkUmVzcG9uc2UwARJLCgpEZWxldGVGaWxlEh0uc3RvcmFnZS52MS5EZWxldGVGaWxlUmVxdWVzdBoeLnN0b3JhZ2UudjEuRGVsZXRlRmlsZVJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * What a client declares about a file before sending it.
@@ -246,6 +246,47 @@ export const UploadResponseSchema: GenMessage<UploadResponse> = /*@__PURE__*/
   messageDesc(file_storage_v1_storage, 4);
 
 /**
+ * @generated from message storage.v1.PutFileRequest
+ */
+export type PutFileRequest = Message<"storage.v1.PutFileRequest"> & {
+  /**
+   * @generated from field: storage.v1.FileMetadata metadata = 1;
+   */
+  metadata?: FileMetadata | undefined;
+
+  /**
+   * The whole file.
+   *
+   * @generated from field: bytes data = 2;
+   */
+  data: Uint8Array;
+};
+
+/**
+ * Describes the message storage.v1.PutFileRequest.
+ * Use `create(PutFileRequestSchema)` to create a new message.
+ */
+export const PutFileRequestSchema: GenMessage<PutFileRequest> = /*@__PURE__*/
+  messageDesc(file_storage_v1_storage, 5);
+
+/**
+ * @generated from message storage.v1.PutFileResponse
+ */
+export type PutFileResponse = Message<"storage.v1.PutFileResponse"> & {
+  /**
+   * @generated from field: storage.v1.FileInfo file = 1;
+   */
+  file?: FileInfo | undefined;
+};
+
+/**
+ * Describes the message storage.v1.PutFileResponse.
+ * Use `create(PutFileResponseSchema)` to create a new message.
+ */
+export const PutFileResponseSchema: GenMessage<PutFileResponse> = /*@__PURE__*/
+  messageDesc(file_storage_v1_storage, 6);
+
+/**
  * @generated from message storage.v1.CreateUploadRequest
  */
 export type CreateUploadRequest = Message<"storage.v1.CreateUploadRequest"> & {
@@ -260,7 +301,7 @@ export type CreateUploadRequest = Message<"storage.v1.CreateUploadRequest"> & {
  * Use `create(CreateUploadRequestSchema)` to create a new message.
  */
 export const CreateUploadRequestSchema: GenMessage<CreateUploadRequest> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 5);
+  messageDesc(file_storage_v1_storage, 7);
 
 /**
  * @generated from message storage.v1.CreateUploadResponse
@@ -300,7 +341,7 @@ export type CreateUploadResponse = Message<"storage.v1.CreateUploadResponse"> & 
  * Use `create(CreateUploadResponseSchema)` to create a new message.
  */
 export const CreateUploadResponseSchema: GenMessage<CreateUploadResponse> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 6);
+  messageDesc(file_storage_v1_storage, 8);
 
 /**
  * @generated from message storage.v1.UploadChunkRequest
@@ -331,7 +372,7 @@ export type UploadChunkRequest = Message<"storage.v1.UploadChunkRequest"> & {
  * Use `create(UploadChunkRequestSchema)` to create a new message.
  */
 export const UploadChunkRequestSchema: GenMessage<UploadChunkRequest> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 7);
+  messageDesc(file_storage_v1_storage, 9);
 
 /**
  * @generated from message storage.v1.UploadChunkResponse
@@ -350,7 +391,7 @@ export type UploadChunkResponse = Message<"storage.v1.UploadChunkResponse"> & {
  * Use `create(UploadChunkResponseSchema)` to create a new message.
  */
 export const UploadChunkResponseSchema: GenMessage<UploadChunkResponse> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 8);
+  messageDesc(file_storage_v1_storage, 10);
 
 /**
  * @generated from message storage.v1.GetUploadStatusRequest
@@ -367,7 +408,7 @@ export type GetUploadStatusRequest = Message<"storage.v1.GetUploadStatusRequest"
  * Use `create(GetUploadStatusRequestSchema)` to create a new message.
  */
 export const GetUploadStatusRequestSchema: GenMessage<GetUploadStatusRequest> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 9);
+  messageDesc(file_storage_v1_storage, 11);
 
 /**
  * @generated from message storage.v1.GetUploadStatusResponse
@@ -401,7 +442,7 @@ export type GetUploadStatusResponse = Message<"storage.v1.GetUploadStatusRespons
  * Use `create(GetUploadStatusResponseSchema)` to create a new message.
  */
 export const GetUploadStatusResponseSchema: GenMessage<GetUploadStatusResponse> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 10);
+  messageDesc(file_storage_v1_storage, 12);
 
 /**
  * @generated from message storage.v1.CompleteUploadRequest
@@ -418,7 +459,7 @@ export type CompleteUploadRequest = Message<"storage.v1.CompleteUploadRequest"> 
  * Use `create(CompleteUploadRequestSchema)` to create a new message.
  */
 export const CompleteUploadRequestSchema: GenMessage<CompleteUploadRequest> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 11);
+  messageDesc(file_storage_v1_storage, 13);
 
 /**
  * @generated from message storage.v1.CompleteUploadResponse
@@ -435,7 +476,7 @@ export type CompleteUploadResponse = Message<"storage.v1.CompleteUploadResponse"
  * Use `create(CompleteUploadResponseSchema)` to create a new message.
  */
 export const CompleteUploadResponseSchema: GenMessage<CompleteUploadResponse> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 12);
+  messageDesc(file_storage_v1_storage, 14);
 
 /**
  * @generated from message storage.v1.AbortUploadRequest
@@ -452,7 +493,7 @@ export type AbortUploadRequest = Message<"storage.v1.AbortUploadRequest"> & {
  * Use `create(AbortUploadRequestSchema)` to create a new message.
  */
 export const AbortUploadRequestSchema: GenMessage<AbortUploadRequest> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 13);
+  messageDesc(file_storage_v1_storage, 15);
 
 /**
  * @generated from message storage.v1.AbortUploadResponse
@@ -465,7 +506,7 @@ export type AbortUploadResponse = Message<"storage.v1.AbortUploadResponse"> & {
  * Use `create(AbortUploadResponseSchema)` to create a new message.
  */
 export const AbortUploadResponseSchema: GenMessage<AbortUploadResponse> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 14);
+  messageDesc(file_storage_v1_storage, 16);
 
 /**
  * @generated from message storage.v1.ListFilesRequest
@@ -491,7 +532,7 @@ export type ListFilesRequest = Message<"storage.v1.ListFilesRequest"> & {
  * Use `create(ListFilesRequestSchema)` to create a new message.
  */
 export const ListFilesRequestSchema: GenMessage<ListFilesRequest> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 15);
+  messageDesc(file_storage_v1_storage, 17);
 
 /**
  * @generated from message storage.v1.ListFilesResponse
@@ -515,7 +556,7 @@ export type ListFilesResponse = Message<"storage.v1.ListFilesResponse"> & {
  * Use `create(ListFilesResponseSchema)` to create a new message.
  */
 export const ListFilesResponseSchema: GenMessage<ListFilesResponse> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 16);
+  messageDesc(file_storage_v1_storage, 18);
 
 /**
  * @generated from message storage.v1.StatFileRequest
@@ -532,7 +573,7 @@ export type StatFileRequest = Message<"storage.v1.StatFileRequest"> & {
  * Use `create(StatFileRequestSchema)` to create a new message.
  */
 export const StatFileRequestSchema: GenMessage<StatFileRequest> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 17);
+  messageDesc(file_storage_v1_storage, 19);
 
 /**
  * @generated from message storage.v1.StatFileResponse
@@ -549,7 +590,7 @@ export type StatFileResponse = Message<"storage.v1.StatFileResponse"> & {
  * Use `create(StatFileResponseSchema)` to create a new message.
  */
 export const StatFileResponseSchema: GenMessage<StatFileResponse> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 18);
+  messageDesc(file_storage_v1_storage, 20);
 
 /**
  * @generated from message storage.v1.GetDownloadUrlRequest
@@ -573,7 +614,7 @@ export type GetDownloadUrlRequest = Message<"storage.v1.GetDownloadUrlRequest"> 
  * Use `create(GetDownloadUrlRequestSchema)` to create a new message.
  */
 export const GetDownloadUrlRequestSchema: GenMessage<GetDownloadUrlRequest> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 19);
+  messageDesc(file_storage_v1_storage, 21);
 
 /**
  * @generated from message storage.v1.GetDownloadUrlResponse
@@ -595,7 +636,7 @@ export type GetDownloadUrlResponse = Message<"storage.v1.GetDownloadUrlResponse"
  * Use `create(GetDownloadUrlResponseSchema)` to create a new message.
  */
 export const GetDownloadUrlResponseSchema: GenMessage<GetDownloadUrlResponse> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 20);
+  messageDesc(file_storage_v1_storage, 22);
 
 /**
  * @generated from message storage.v1.DownloadRequest
@@ -626,7 +667,7 @@ export type DownloadRequest = Message<"storage.v1.DownloadRequest"> & {
  * Use `create(DownloadRequestSchema)` to create a new message.
  */
 export const DownloadRequestSchema: GenMessage<DownloadRequest> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 21);
+  messageDesc(file_storage_v1_storage, 23);
 
 /**
  * @generated from message storage.v1.DownloadResponse
@@ -659,7 +700,7 @@ export type DownloadResponse = Message<"storage.v1.DownloadResponse"> & {
  * Use `create(DownloadResponseSchema)` to create a new message.
  */
 export const DownloadResponseSchema: GenMessage<DownloadResponse> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 22);
+  messageDesc(file_storage_v1_storage, 24);
 
 /**
  * @generated from message storage.v1.DeleteFileRequest
@@ -676,7 +717,7 @@ export type DeleteFileRequest = Message<"storage.v1.DeleteFileRequest"> & {
  * Use `create(DeleteFileRequestSchema)` to create a new message.
  */
 export const DeleteFileRequestSchema: GenMessage<DeleteFileRequest> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 23);
+  messageDesc(file_storage_v1_storage, 25);
 
 /**
  * @generated from message storage.v1.DeleteFileResponse
@@ -689,7 +730,7 @@ export type DeleteFileResponse = Message<"storage.v1.DeleteFileResponse"> & {
  * Use `create(DeleteFileResponseSchema)` to create a new message.
  */
 export const DeleteFileResponseSchema: GenMessage<DeleteFileResponse> = /*@__PURE__*/
-  messageDesc(file_storage_v1_storage, 24);
+  messageDesc(file_storage_v1_storage, 26);
 
 /**
  * StorageService keeps each user's files in object storage (S3/MinIO, or a local
@@ -714,6 +755,22 @@ export const StorageService: GenService<{
     methodKind: "client_streaming";
     input: typeof UploadRequestSchema;
     output: typeof UploadResponseSchema;
+  },
+  /**
+   * Stores a small file sent whole in one message: one call where a session takes
+   * three, for clients that cannot client-stream (browsers over grpc-web). `data` may
+   * hold at most `max_chunk_size` bytes (see CreateUploadResponse: 8 MiB by default,
+   * never less than 1 MiB); larger files take a session. As with Upload, the file is
+   * visible only once stored and every declared check has passed. A call that fails
+   * stored nothing; one whose answer was lost may have stored the file (ListFiles
+   * tells), so it is not blindly sent again.
+   *
+   * @generated from rpc storage.v1.StorageService.PutFile
+   */
+  putFile: {
+    methodKind: "unary";
+    input: typeof PutFileRequestSchema;
+    output: typeof PutFileResponseSchema;
   },
   /**
    * Starts a resumable upload session, for clients that cannot client-stream
