@@ -25,6 +25,9 @@ pub struct Plan {
     auth_only: bool,
     pub sizes: Vec<u64>,
     pub concurrency: Vec<usize>,
+    /// Each measurement repeats its uploads until at least this much has moved: a
+    /// single 1 MiB upload takes milliseconds, too short to time or to count CPU ticks of.
+    pub least_per_measurement: u64,
     out: PathBuf,
 }
 
@@ -72,6 +75,7 @@ fn plan() -> Plan {
         auth_only,
         sizes,
         concurrency,
+        least_per_measurement: if quick { 0 } else { 64 * MIB },
         out,
     }
 }
@@ -99,7 +103,8 @@ async fn bench(plan: Plan) {
     let mut rows = Vec::new();
     for &size in &plan.sizes {
         for &concurrency in &plan.concurrency {
-            let row = uploads::measure(&mut system, &clients, size, concurrency).await;
+            let rounds = (plan.least_per_measurement / (size * concurrency as u64)).max(1);
+            let row = uploads::measure(&mut system, &clients, size, concurrency, rounds).await;
             println!("{}", report::throughput_line(&row));
             println!("{}", report::cpu_line(&row));
             rows.push(row);

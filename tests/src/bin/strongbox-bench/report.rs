@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::Plan;
 use crate::auth::{AuthNumbers, Latencies};
-use crate::uploads::{Row, human};
+use crate::uploads::{MIB, Row, human};
 
 const GATEWAY_GRPC_TARGET: f64 = 0.9;
 const GRPC_WEB_TARGET: f64 = 0.7;
@@ -18,9 +18,10 @@ const LOADED_P99_FACTOR: f64 = 2.0;
 pub fn throughput_line(row: &Row) -> String {
     let [a, b, c, d] = row.rates;
     format!(
-        "| {} | {} | {a:.0} | {b:.0} ({:.2}) | {c:.0} ({:.2}) | {d:.0} ({:.2}) |",
+        "| {} | {} | {} | {a:.0} | {b:.0} ({:.2}) | {c:.0} ({:.2}) | {d:.0} ({:.2}) |",
         human(row.size),
         row.concurrency,
+        row.rounds,
         b / a,
         c / a,
         d / a
@@ -109,10 +110,14 @@ pub fn render(plan: &Plan, rows: &[Row], auth: &AuthNumbers) -> String {
             "release"
         },
     );
-    out.push_str(
-        "## Upload throughput\n\nMiB/s over all concurrent uploads, ratio to (a) in parentheses.\n\n\
-         | size | concurrent | (a) object_store → S3 | (b) storage-service | (c) gateway, gRPC | (d) gateway, grpc-web |\n\
-         |---|---|---|---|---|---|\n",
+    let _ = write!(
+        out,
+        "## Upload throughput\n\nMiB/s over all concurrent uploads, ratio to (a) in parentheses. Each concurrent\n\
+         client uploads one file after another until the measurement has moved at least {least} MiB\n\
+         (*rounds*), so small files are timed over many uploads, not one of a few milliseconds.\n\n\
+         | size | concurrent | rounds | (a) object_store → S3 | (b) storage-service | (c) gateway, gRPC | (d) gateway, grpc-web |\n\
+         |---|---|---|---|---|---|---|\n",
+        least = plan.least_per_measurement / MIB,
     );
     for row in rows {
         let _ = writeln!(out, "{}", throughput_line(row));

@@ -42,6 +42,8 @@ const PARTS_IN_FLIGHT: usize = 2;
 pub struct Row {
     pub size: u64,
     pub concurrency: usize,
+    /// Uploads each concurrent client made one after another.
+    pub rounds: u64,
     /// MiB/s of (a), (b), (c), (d).
     pub rates: [f64; 4],
     /// Peak RSS in MiB: storage-service during (b), (c), (d); the gateway during (c), (d).
@@ -118,8 +120,14 @@ impl Clients {
     }
 }
 
-pub async fn measure(system: &mut System, clients: &Clients, size: u64, concurrency: usize) -> Row {
-    let total = size * concurrency as u64;
+pub async fn measure(
+    system: &mut System,
+    clients: &Clients,
+    size: u64,
+    concurrency: usize,
+    rounds: u64,
+) -> Row {
+    let total = size * concurrency as u64 * rounds;
     let Clients {
         direct,
         token,
@@ -129,7 +137,7 @@ pub async fn measure(system: &mut System, clients: &Clients, size: u64, concurre
 
     let mut cpu = [Cpu::default(); 4];
     let meter = CpuMeter::start(system);
-    let paths = run(concurrency, |index| {
+    let paths = run(concurrency, rounds, |index| {
         upload_direct(direct.clone(), index, size, block.clone())
     });
     let (a, paths) = timed(paths).await;
@@ -152,7 +160,7 @@ pub async fn measure(system: &mut System, clients: &Clients, size: u64, concurre
         system.gateway.restart().await;
         warm_up(clients).await;
         let meter = CpuMeter::start(system);
-        let keys = run(concurrency, |_| {
+        let keys = run(concurrency, rounds, |_| {
             let block = block.clone();
             let token = token.clone();
             async move {
@@ -180,6 +188,7 @@ pub async fn measure(system: &mut System, clients: &Clients, size: u64, concurre
     Row {
         size,
         concurrency,
+        rounds,
         rates,
         storage_peak,
         gateway_peak,
@@ -218,12 +227,21 @@ enum Via {
     GrpcWeb,
 }
 
-async fn run<F, Fut, T>(concurrency: usize, start: F) -> Vec<T>
+/// `concurrency` clients at once, each making `rounds` uploads one after another.
+async fn run<F, Fut, T>(concurrency: usize, rounds: u64, start: F) -> Vec<T>
 where
     F: Fn(usize) -> Fut,
     Fut: Future<Output = T>,
 {
-    join_all((0..concurrency).map(start)).await
+    let start = &start;
+    let clients = (0..concurrency).map(|client| async move {
+        let mut done = Vec::new();
+        for round in 0..rounds as usize {
+            done.push(start(client * rounds as usize + round).await);
+        }
+        done
+    });
+    join_all(clients).await.into_iter().flatten().collect()
 }
 
 async fn timed<T>(work: impl Future<Output = T>) -> (Duration, T) {
