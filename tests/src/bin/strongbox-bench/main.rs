@@ -75,7 +75,7 @@ fn plan() -> Plan {
         auth_only,
         sizes,
         concurrency,
-        least_per_measurement: if quick { 0 } else { 64 * MIB },
+        least_per_measurement: if quick { 0 } else { 256 * MIB },
         out,
     }
 }
