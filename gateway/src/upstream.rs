@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use axum::body::Body;
+use futures::TryStreamExt;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version, header};
 use hyper_util::client::legacy::Client;
@@ -114,11 +115,25 @@ impl Upstream {
         // their own lengths: forward the body with no length at all.
         headers.remove(header::CONTENT_LENGTH);
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        let request = request.map(|body| Body::from_stream(body.into_data_stream()));
+        // An empty chunk would go out as an empty DATA frame, and h2 servers count those
+        // per connection as a flood: storage-service closed the shared upstream connection
+        // after 100 uploads (a client's end of stream can arrive as one).
+        let request = request.map(|body| {
+            Body::from_stream(
+                body.into_data_stream()
+                    .try_filter(|data| std::future::ready(!data.is_empty())),
+            )
+        });
         match self.client.request(request).await {
             Ok(response) => response.map(Body::new),
             Err(err) => {
-                tracing::warn!(upstream = self.name, %err, "upstream call failed");
+                // hyper-util's error says only which step failed; the cause is its source.
+                let cause =
+                    std::iter::successors(std::error::Error::source(&err), |err| err.source())
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(": ");
+                tracing::warn!(upstream = self.name, %err, %cause, "upstream call failed");
                 status_response(Status::unavailable(format!(
                     "{} is unavailable; try again shortly",
                     self.name

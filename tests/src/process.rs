@@ -28,7 +28,8 @@ impl ServiceProcess {
             .env_clear()
             .envs(environment)
             .current_dir(dir)
-            .stdout(Stdio::null())
+            // Logs go to stdout: a warning during a benchmark or test must be seen.
+            .stdout(Stdio::inherit())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
