@@ -19,6 +19,9 @@ pub struct AuthNumbers {
     pub cores: usize,
     /// One bcrypt hash at cost 12 on one core.
     pub hash_time: Duration,
+    /// Hashes per second with one bare thread per core hashing, no service involved:
+    /// what the machine gives when every core hashes at once.
+    pub bare_hashes_per_second: f64,
     pub logins_per_second: f64,
     pub me_16: Latencies,
     pub me_64: Latencies,
@@ -60,6 +63,11 @@ pub async fn measure(system: &System, quick: bool) -> AuthNumbers {
     } else {
         Duration::from_secs(5)
     };
+    let login_window = if quick { window } else { window * 2 };
+    let bare_hashes_per_second =
+        tokio::task::spawn_blocking(move || bare_hash_rate(cores, login_window))
+            .await
+            .expect("the bare hashing runs");
 
     let client = system.auth_client();
     let stop = Arc::new(AtomicBool::new(false));
@@ -70,7 +78,6 @@ pub async fn measure(system: &System, quick: bool) -> AuthNumbers {
     // the window, so one login more or less moves the ratio by about 1.5 %.
     tokio::time::sleep(hash_time * 2).await;
     let (counted_from, began) = (logins.load(Ordering::Relaxed), Instant::now());
-    let login_window = if quick { window } else { window * 2 };
     tokio::time::sleep(login_window.max(hash_time * 8)).await;
     let logins_per_second =
         (logins.load(Ordering::Relaxed) - counted_from) as f64 / began.elapsed().as_secs_f64();
@@ -95,6 +102,7 @@ pub async fn measure(system: &System, quick: bool) -> AuthNumbers {
     AuthNumbers {
         cores,
         hash_time,
+        bare_hashes_per_second,
         logins_per_second,
         me_16,
         me_64,
@@ -113,6 +121,32 @@ fn hash_time() -> Duration {
         })
         .min()
         .expect("three samples")
+}
+
+/// Hashes per second with `cores` threads hashing at once for about `window` (each
+/// finishes the hash it is in): the same time span as the login measurement, so the two
+/// see the machine alike.
+fn bare_hash_rate(cores: usize, window: Duration) -> f64 {
+    let began = Instant::now();
+    let hashes: usize = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..cores)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut hashes = 0;
+                    while began.elapsed() < window {
+                        bcrypt::hash("a benchmark password", 12).expect("bcrypt hashes");
+                        hashes += 1;
+                    }
+                    hashes
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|thread| thread.join().expect("a hashing thread"))
+            .sum()
+    });
+    hashes as f64 / began.elapsed().as_secs_f64()
 }
 
 /// One caller per email logging in again and again until `stop`.

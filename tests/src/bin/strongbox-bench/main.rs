@@ -20,6 +20,24 @@ use std::path::PathBuf;
 
 use uploads::MIB;
 
+/// Measure Strongbox against the physical limit of this machine and write the report.
+#[derive(Debug, clap::Parser)]
+#[command(name = "strongbox-bench")]
+struct Args {
+    /// A short run (small files, one round each) that checks the harness still works.
+    #[arg(long)]
+    quick: bool,
+    /// Only the auth-service numbers, printed; no report is written.
+    #[arg(long)]
+    auth_only: bool,
+    /// Only these file sizes, in MiB, comma-separated (to look at one row closely).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
+    sizes: Option<Vec<u64>>,
+    /// Where the report goes.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/BENCHMARKS.md"))]
+    out: PathBuf,
+}
+
 pub struct Plan {
     pub quick: bool,
     auth_only: bool,
@@ -31,56 +49,28 @@ pub struct Plan {
     out: PathBuf,
 }
 
-fn plan() -> Plan {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let quick = args.iter().any(|arg| arg == "--quick");
-    let out = args
-        .iter()
-        .position(|arg| arg == "--out")
-        .and_then(|at| args.get(at + 1))
-        .map_or_else(
-            || {
-                PathBuf::from(concat!(
-                    env!("CARGO_MANIFEST_DIR"),
-                    "/../docs/BENCHMARKS.md"
-                ))
-            },
-            PathBuf::from,
-        );
-    let (mut sizes, concurrency) = if quick {
-        (vec![MIB, 16 * MIB], vec![1, 4])
-    } else {
-        (vec![MIB, 64 * MIB, 1024 * MIB], vec![1, 16])
-    };
-    // `--sizes 64,1024`: only these file sizes, in MiB (to look at one row closely).
-    if let Some(list) = args
-        .iter()
-        .position(|arg| arg == "--sizes")
-        .and_then(|at| args.get(at + 1))
-    {
-        sizes = list
-            .split(',')
-            .map(|mib| {
-                mib.trim()
-                    .parse::<u64>()
-                    .expect("--sizes takes MiB, comma-separated")
-                    * MIB
-            })
-            .collect();
-    }
-    // `--auth-only`: just the auth-service numbers (printed, no report written).
-    let auth_only = args.iter().any(|arg| arg == "--auth-only");
-    Plan {
-        quick,
-        auth_only,
-        sizes,
-        concurrency,
-        least_per_measurement: if quick { 0 } else { 256 * MIB },
-        out,
+impl From<Args> for Plan {
+    fn from(args: Args) -> Self {
+        let (default_sizes, concurrency) = if args.quick {
+            (vec![MIB, 16 * MIB], vec![1, 4])
+        } else {
+            (vec![MIB, 64 * MIB, 1024 * MIB], vec![1, 16])
+        };
+        Plan {
+            quick: args.quick,
+            auth_only: args.auth_only,
+            sizes: args.sizes.map_or(default_sizes, |mibs| {
+                mibs.into_iter().map(|mib| mib * MIB).collect()
+            }),
+            concurrency,
+            least_per_measurement: if args.quick { 0 } else { 256 * MIB },
+            out: args.out,
+        }
     }
 }
 
 fn main() {
+    let plan = Plan::from(<Args as clap::Parser>::parse());
     if std::env::var_os("RUST_LOG").is_none() {
         // SAFETY: no other thread exists yet; the runtime starts below.
         unsafe { std::env::set_var("RUST_LOG", "warn") };
@@ -89,7 +79,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("a tokio runtime")
-        .block_on(bench(plan()));
+        .block_on(bench(plan));
 }
 
 async fn bench(plan: Plan) {
