@@ -13,7 +13,7 @@ use strongbox_proto::auth::v1::auth_service_client::AuthServiceClient;
 use strongbox_tests::auth::with_bearer;
 use tonic::transport::Channel;
 
-use crate::system::{System, login};
+use crate::system::{BCRYPT_COST, PASSWORD, System, login};
 
 pub struct AuthNumbers {
     pub cores: usize,
@@ -35,6 +35,16 @@ impl AuthNumbers {
     /// The most logins per second this machine can do: every core hashing.
     pub fn bound(&self) -> f64 {
         self.cores as f64 / self.hash_time.as_secs_f64()
+    }
+
+    /// Logins per second as a share of [`Self::bound`].
+    pub fn login_ratio(&self) -> f64 {
+        self.logins_per_second / self.bound()
+    }
+
+    /// Bare threads' hashes per second as a share of [`Self::bound`].
+    pub fn bare_ratio(&self) -> f64 {
+        self.bare_hashes_per_second / self.bound()
     }
 }
 
@@ -116,11 +126,16 @@ fn hash_time() -> Duration {
     (0..3)
         .map(|_| {
             let began = Instant::now();
-            bcrypt::hash("a benchmark password", 12).expect("bcrypt hashes");
+            one_hash();
             began.elapsed()
         })
         .min()
         .expect("three samples")
+}
+
+/// One hash as auth-service computes it for a login.
+fn one_hash() {
+    bcrypt::hash(PASSWORD, BCRYPT_COST).expect("bcrypt hashes");
 }
 
 /// Hashes per second with `cores` threads hashing at once for about `window` (each
@@ -134,7 +149,7 @@ fn bare_hash_rate(cores: usize, window: Duration) -> f64 {
                 scope.spawn(|| {
                     let mut hashes = 0;
                     while began.elapsed() < window {
-                        bcrypt::hash("a benchmark password", 12).expect("bcrypt hashes");
+                        one_hash();
                         hashes += 1;
                     }
                     hashes

@@ -73,12 +73,12 @@ pub fn auth_table(auth: &AuthNumbers) -> String {
         ms(auth.hash_time),
         auth.cores,
         auth.bare_hashes_per_second,
-        auth.bare_hashes_per_second / auth.bound(),
+        auth.bare_ratio(),
         2 * auth.cores,
         auth.cores,
         auth.bound(),
         auth.logins_per_second,
-        auth.logins_per_second / auth.bound(),
+        auth.login_ratio(),
     );
     table.push_str(&me("Me, 16 concurrent", &auth.me_16));
     table.push_str(&me("Me, 64 concurrent", &auth.me_64));
@@ -158,7 +158,8 @@ pub fn render(plan: &Plan, rows: &[Row], auth: &AuthNumbers) -> String {
     out.push_str("\n## auth-service\n\n");
     out.push_str(&auth_table(auth));
     out.push_str(
-        "\n## Targets\n\nNext to a throughput ratio, its row's CPU-cost ratio (see above).\n\n\
+        "\n## Targets\n\nRatios to three places, so one at a target reads as what was compared; next to \
+         a throughput ratio, its row's CPU-cost ratio (see above).\n\n\
          | target | this run | verdict |\n|---|---|---|\n",
     );
     for (target, measured, met) in verdicts(rows, auth) {
@@ -207,8 +208,7 @@ fn verdicts(rows: &[Row], auth: &AuthNumbers) -> Vec<(String, String, bool)> {
         verdicts.push((
             format!("{name} ≥ {target} × (a), every row"),
             format!(
-                "lowest {} ({} × {}; CPU-cost ratio {:.2})",
-                down(ratio),
+                "lowest {ratio:.3} ({} × {}; CPU-cost ratio {:.2})",
                 human(row.size),
                 row.concurrency,
                 cost_ratio(row, column),
@@ -234,13 +234,12 @@ fn verdicts(rows: &[Row], auth: &AuthNumbers) -> Vec<(String, String, bool)> {
             peak <= limit,
         ));
     }
-    let login_ratio = auth.logins_per_second / auth.bound();
+    let login_ratio = auth.login_ratio();
     verdicts.push((
         format!("Login ≥ {LOGIN_TARGET} × the bcrypt bound"),
         format!(
-            "{} (bare threads hashing: {:.2})",
-            down(login_ratio),
-            auth.bare_hashes_per_second / auth.bound()
+            "{login_ratio:.3} (bare threads hashing: {:.3})",
+            auth.bare_ratio()
         ),
         login_ratio >= LOGIN_TARGET,
     ));
@@ -255,12 +254,6 @@ fn verdicts(rows: &[Row], auth: &AuthNumbers) -> Vec<(String, String, bool)> {
         loaded < LOADED_P99_FACTOR,
     ));
     verdicts
-}
-
-/// A ratio to two places, rounded down: a verdict never shows 0.90 for a 0.898 that
-/// missed 0.9.
-fn down(ratio: f64) -> String {
-    format!("{:.2}", (ratio * 100.0 + 1e-9).floor() / 100.0)
 }
 
 fn ms(duration: Duration) -> String {

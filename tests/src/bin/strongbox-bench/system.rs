@@ -68,7 +68,7 @@ impl System {
                 ("AUTH_LISTEN", listen(&auth_url)),
                 ("DATA_DIR", dir.join("auth").display().to_string()),
                 // The production default, stated: the login numbers are about cost 12.
-                ("BCRYPT_ROUNDS", "12".to_owned()),
+                ("BCRYPT_ROUNDS", BCRYPT_COST.to_string()),
                 // Benchmarks log in thousands of times per address.
                 ("LOGIN_MAX_FAILURES", "1000".to_owned()),
             ],
@@ -167,6 +167,8 @@ impl System {
 const SLOW_S3_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 pub const PASSWORD: &str = "a benchmark password";
+/// The cost auth-service hashes at here, and the bound is timed at.
+pub const BCRYPT_COST: u32 = 12;
 
 pub fn login(email: &str) -> LoginRequest {
     LoginRequest {
