@@ -34,6 +34,13 @@ pub mod flow {
 /// Metadata key carrying a request id across services.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// Metadata key carrying the address of the client a call came from, as the gateway
+/// saw it (the socket's peer, or the forwarded address from a trusted proxy). The
+/// gateway always overwrites it, so a client cannot choose its own; services behind
+/// the gateway use it to key per-client limits (failed logins), and fall back to
+/// their own peer address when it is absent.
+pub const CLIENT_ADDRESS_HEADER: &str = "x-strongbox-client-address";
+
 /// Routes with health and reflection already mounted, plus the health reporter a
 /// service uses to announce its own services as SERVING.
 pub fn base_routes() -> (Routes, HealthReporter) {

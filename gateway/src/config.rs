@@ -4,7 +4,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use strongbox_common::config::Command;
+use ipnet::IpNet;
+use strongbox_common::config::{Command, Secret};
+
+use crate::client_address::TrustedProxies;
+use crate::limits::RateLimit;
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -37,9 +41,10 @@ pub struct Config {
     )]
     pub storage_service_url: String,
 
-    /// Shared HS256 secret; when set, tokens are verified with it instead of auth-service's keys.
+    /// Shared HS256 secret (at least 32 bytes); when set, tokens are verified with it
+    /// instead of auth-service's keys.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
 
     /// Comma-separated origins allowed to call grpc-web cross-origin
     /// (e.g. `https://app.example.com`); empty means same-origin only.
@@ -58,6 +63,62 @@ pub struct Config {
     /// How often upstream health is checked for the gateway's own health service, in seconds.
     #[arg(long, env = "UPSTREAM_HEALTH_INTERVAL_SECONDS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
     pub upstream_health_interval_seconds: u64,
+
+    /// HTTP/2 connections the gateway keeps to each service for client calls (each
+    /// carries up to 128 at once; health checks and key fetches have their own).
+    #[arg(long, env = "UPSTREAM_CONNECTIONS", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub upstream_connections: u64,
+
+    /// Proxies (comma-separated CIDRs, e.g. `10.0.0.0/8,::1/128`) whose
+    /// `X-Forwarded-For` / `Forwarded` headers name the client; empty trusts none, and
+    /// the socket's peer is the client.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', default_value = "", value_parser = parse_cidr)]
+    pub trusted_proxies: Vec<Option<IpNet>>,
+
+    /// Register calls per client address: `<count>/<s|m|h>[,burst=<n>]`, or `off`.
+    #[arg(long, env = "RATE_LIMIT_REGISTER", default_value = "60/h,burst=30")]
+    pub rate_limit_register: RateLimit,
+
+    /// Login calls per client address.
+    #[arg(long, env = "RATE_LIMIT_LOGIN", default_value = "30/m,burst=30")]
+    pub rate_limit_login: RateLimit,
+
+    /// Refresh calls per client address.
+    #[arg(long, env = "RATE_LIMIT_REFRESH", default_value = "60/m,burst=30")]
+    pub rate_limit_refresh: RateLimit,
+
+    /// Storage calls per user (every call counts: an upload session's chunks too).
+    #[arg(long, env = "RATE_LIMIT_STORAGE", default_value = "100/s,burst=500")]
+    pub rate_limit_storage: RateLimit,
+
+    /// Calls one client address may have open at once (streams included).
+    #[arg(long, env = "GATEWAY_MAX_CALLS_PER_CLIENT", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_calls_per_client: u64,
+
+    /// Deadline of a unary call that sets none or a longer one, in seconds.
+    #[arg(long, env = "GATEWAY_CALL_DEADLINE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub call_deadline_seconds: u64,
+
+    /// Deadline of a call that carries file data in one message (`PutFile`,
+    /// `UploadChunk`, up to 8 MiB on a slow link), in seconds.
+    #[arg(long, env = "GATEWAY_UPLOAD_CALL_DEADLINE_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub upload_call_deadline_seconds: u64,
+
+    /// Open connections the gateway accepts at once (clamped to the open-file limit).
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+
+    /// Open connections one client address may hold (trusted proxies are exempt).
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections_per_address: u64,
+
+    /// Seconds a new connection has to send its first request (any protocol).
+    #[arg(long, env = "GATEWAY_HEADER_READ_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_seconds: u64,
+
+    /// Seconds a connection with no call in flight stays open.
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_seconds: u64,
 }
 
 impl Config {
@@ -78,4 +139,36 @@ impl Config {
     pub fn upstream_health_interval(&self) -> Duration {
         Duration::from_secs(self.upstream_health_interval_seconds)
     }
+
+    pub fn trusted_proxies(&self) -> TrustedProxies {
+        TrustedProxies::new(self.trusted_proxies.iter().flatten().copied().collect())
+    }
+
+    pub fn call_deadline(&self) -> Duration {
+        Duration::from_secs(self.call_deadline_seconds)
+    }
+
+    pub fn upload_call_deadline(&self) -> Duration {
+        Duration::from_secs(self.upload_call_deadline_seconds)
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_seconds)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_seconds)
+    }
+}
+
+/// A CIDR (`10.0.0.0/8`) or a single address; an empty item (the empty default) is none.
+fn parse_cidr(text: &str) -> Result<Option<IpNet>, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map(Some)
+        .map_err(|_| format!("{text:?} is not a CIDR like 10.0.0.0/8 or an IP address"))
 }

@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use futures::{StreamExt, TryStreamExt};
-use http::{StatusCode, header};
+use http::{Request, StatusCode, header};
 use strongbox_common::http::content_disposition;
 use strongbox_proto::storage::v1::storage_service_client::StorageServiceClient;
 use strongbox_proto::storage::v1::{DownloadRequest, download_response};
@@ -28,7 +28,19 @@ pub async fn download(
     State(gateway): State<Arc<Gateway>>,
     Path(key): Path<String>,
     Query(params): Query<LinkParams>,
+    request: Request<Body>,
 ) -> Response {
+    let client = gateway.admission.client(&request);
+    let open_call = match gateway.admission.open_call(client) {
+        Ok(open_call) => open_call,
+        Err(refusal) => {
+            let mut response = refuse(StatusCode::TOO_MANY_REQUESTS, &refusal.message);
+            if let Ok(value) = refusal.retry_after_seconds().to_string().parse() {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return response;
+        }
+    };
     let (Some(expires), Some(signature)) = (params.expires, params.signature) else {
         return refuse(
             StatusCode::FORBIDDEN,
@@ -40,7 +52,7 @@ pub async fn download(
         expires,
         signature,
     };
-    let mut client = StorageServiceClient::new(gateway.storage.channel.clone());
+    let mut client = StorageServiceClient::new(gateway.storage.downloads.clone());
     let mut stream = match client.download(request).await {
         Ok(response) => response.into_inner(),
         Err(status) => return from_status(&status),
@@ -59,6 +71,10 @@ pub async fn download(
         None => return refuse(StatusCode::BAD_GATEWAY, "storage-service sent nothing"),
     };
     let chunks = stream
+        // The download counts as the client's open call until its last byte is sent.
+        .inspect(move |_| {
+            let _open = &open_call;
+        })
         .try_filter_map(|message| async move {
             Ok(match message.payload {
                 Some(download_response::Payload::Chunk(chunk)) => Some(chunk),

@@ -43,7 +43,7 @@ pub async fn watch_upstreams(
 }
 
 async fn is_serving(upstream: &Upstream) -> bool {
-    let mut client = HealthClient::new(upstream.channel.clone());
+    let mut client = HealthClient::new(upstream.control.clone());
     let check = client.check(HealthCheckRequest {
         service: String::new(),
     });

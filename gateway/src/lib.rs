@@ -1,16 +1,22 @@
 //! gateway: the one front door. Native gRPC and grpc-web for both services, the upload
 //! page and download links, all on one port.
 //!
-//! - [`upstream`]: the services behind it, reached over h2c; calls forwarded as HTTP;
+//! - [`connections`]: the accept loop — connection caps, header-read and idle timeouts;
+//! - [`admission`]: rates and open calls per client ([`limits`], [`client_address`]);
+//! - [`upstream`]: the services behind it, a small pool of h2c connections each;
 //! - [`proxy`]: the gRPC routes — tokens verified, request ids attached, calls forwarded;
 //! - [`downloads`]: `/files/…` links streamed from storage-service;
 //! - [`page`]: the embedded upload page;
 //! - [`health`]: the gateway's health follows its upstreams';
 //! - [`server`]: the router and `run`.
 
+pub mod admission;
+pub mod client_address;
 pub mod config;
+pub mod connections;
 pub mod downloads;
 pub mod health;
+pub mod limits;
 pub mod page;
 pub mod proxy;
 pub mod server;

@@ -13,7 +13,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Request;
@@ -21,19 +20,17 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use http::{HeaderName, HeaderValue, Method};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use strongbox_common::jwt::Verifier;
-use strongbox_common::server::{self, REQUEST_ID_HEADER, flow};
+use strongbox_common::server::{self, REQUEST_ID_HEADER};
 use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
 use tonic_web::GrpcWebLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Instrument;
 
+use crate::admission::Admission;
 use crate::config::Config;
+use crate::connections::{self, ConnectionLimits};
 use crate::health::watch_upstreams;
 use crate::proxy::{self, Gateway};
 use crate::upstream::{BadUpstreamUrl, Upstream};
@@ -43,7 +40,7 @@ use crate::{downloads, page};
 pub enum GatewayError {
     #[error(transparent)]
     Upstream(#[from] BadUpstreamUrl),
-    #[error("CORS_ALLOWED_ORIGINS has an invalid origin {0:?}")]
+    #[error("CORS_ALLOWED_ORIGINS has an invalid origin: {0}")]
     CorsOrigin(String),
     #[error("serving failed: {0}")]
     Serve(#[from] std::io::Error),
@@ -55,19 +52,22 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
+    let connections = usize::try_from(config.upstream_connections).unwrap_or(1);
     let auth = Upstream::new(
         "auth-service",
         &config.auth_service_url,
         config.upstream_connect_timeout(),
+        connections,
     )?;
     let storage = Upstream::new(
         "storage-service",
         &config.storage_service_url,
         config.upstream_connect_timeout(),
+        connections,
     )?;
     let verifier = match &config.jwt_secret {
         Some(secret) => Verifier::shared_secret(secret.as_bytes()),
-        None => Verifier::from_auth_service(auth.channel.clone()),
+        None => Verifier::from_auth_service(auth.control.clone()),
     };
     let (grpc_routes, health) = server::base_routes();
     health
@@ -83,6 +83,7 @@ pub async fn run(
         auth,
         storage,
         verifier,
+        admission: Admission::new(&config),
     });
 
     let forwarded = Router::new()
@@ -107,79 +108,69 @@ pub async fn run(
         .fallback(proxy::unknown_call)
         .layer(middleware::from_fn(in_span));
 
-    tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-    serve_http(listener, app, shutdown).await;
+    let limits = connection_limits(&config);
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        max_connections = limits.max_connections,
+        "gateway listening"
+    );
+    connections::serve(listener, app, limits, shutdown).await;
     watcher.abort();
     Ok(())
 }
 
-/// Serves `app` over HTTP/1.1 and HTTP/2 until `shutdown` resolves, then waits for open
-/// connections to finish. Not `axum::serve`: the HTTP/2 windows must be the services'
-/// ([`server::flow`]), since the gateway forwards uploads that may wait for memory.
-async fn serve_http(
-    listener: TcpListener,
-    app: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http2()
-        .initial_stream_window_size(flow::STREAM_WINDOW)
-        .initial_connection_window_size(flow::CONNECTION_WINDOW)
-        .max_concurrent_streams(flow::MAX_CONCURRENT_STREAMS)
-        .max_frame_size(flow::MAX_FRAME)
-        .keep_alive_interval(Duration::from_secs(30))
-        .timer(TokioTimer::new());
-    let connections = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let socket = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((socket, _)) => socket,
-                Err(err) => {
-                    // Out of file descriptors and the like: pause rather than spin.
-                    tracing::warn!(%err, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        // Small replies must not wait in Nagle's buffer for the peer's delayed ACK (40 ms).
-        if let Err(err) = socket.set_nodelay(true) {
-            tracing::warn!(%err, "cannot set TCP_NODELAY on a connection");
-        }
-        let connection = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(socket),
-                TowerToHyperService::new(app.clone()),
-            )
-            .into_owned();
-        let connection = connections.watch(connection);
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%err, "connection ended with an error");
-            }
-        });
+/// The connection caps, with the total clamped to what the open-file limit allows (each
+/// connection is a descriptor; the rest are kept for upstreams, databases and files).
+fn connection_limits(config: &Config) -> ConnectionLimits {
+    const RESERVED_DESCRIPTORS: u64 = 256;
+    let open_files = connections::raise_open_files_limit();
+    let allowed = open_files.saturating_sub(RESERVED_DESCRIPTORS).max(1);
+    if config.max_connections > allowed {
+        tracing::warn!(
+            configured = config.max_connections,
+            open_files,
+            "GATEWAY_MAX_CONNECTIONS is above what the open-file limit allows; using {allowed}"
+        );
     }
-    drop(listener);
-    connections.shutdown().await;
+    let to_usize = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
+    ConnectionLimits {
+        max_connections: to_usize(config.max_connections.min(allowed)),
+        max_per_address: to_usize(config.max_connections_per_address),
+        header_read_timeout: config.header_read_timeout(),
+        idle_timeout: config.idle_timeout(),
+        trusted_proxies: config.trusted_proxies(),
+    }
 }
 
 /// CORS for grpc-web from other origins; with no origins configured, only the page's
-/// own origin can call (browsers enforce it).
+/// own origin can call (browsers enforce it). `*` allows any origin, and then never
+/// with credentials: the page's calls carry their token in a header, not a cookie.
 fn cors(origins: &[String]) -> Result<CorsLayer, GatewayError> {
-    let origins = origins
+    let origins: Vec<&str> = origins
         .iter()
         .map(|origin| origin.trim())
         .filter(|origin| !origin.is_empty())
-        .map(|origin| {
-            HeaderValue::from_str(origin).map_err(|_| GatewayError::CorsOrigin(origin.to_owned()))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect();
+    let allow_origin = if origins.contains(&"*") {
+        if origins.len() > 1 {
+            return Err(GatewayError::CorsOrigin(
+                "* cannot be combined with other origins".to_owned(),
+            ));
+        }
+        AllowOrigin::any()
+    } else {
+        let origins = origins
+            .into_iter()
+            .map(|origin| {
+                HeaderValue::from_str(origin)
+                    .map_err(|_| GatewayError::CorsOrigin(origin.to_owned()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(origins)
+    };
     let header = HeaderName::from_static;
     Ok(CorsLayer::new()
-        .allow_origin(AllowOrigin::list(origins))
+        .allow_origin(allow_origin)
         .allow_methods([Method::POST, Method::OPTIONS])
         .allow_headers([
             http::header::CONTENT_TYPE,

@@ -5,25 +5,37 @@
 //! client and the gateway's memory stays flat. Forwarding at this level also keeps
 //! failure honest: if the client's stream breaks, the upstream stream is reset rather
 //! than ended, so storage-service aborts instead of storing a truncated file.
+//!
+//! No client can starve the others of an upstream:
+//! - calls spread over a small pool of connections, each to the least busy, and a
+//!   call that would find every connection at the services' stream limit is refused
+//!   at once instead of queueing inside the HTTP/2 client;
+//! - each connection's receive window is every stream's window together (the rule of
+//!   [`flow`]), so a stream whose client stops reading holds its own window and never
+//!   the connection's;
+//! - the gateway's own calls (health checks, key fetches) have a connection of their
+//!   own, and so do download links;
+//! - every call that is not a long stream gets a deadline (`grpc-timeout`, which the
+//!   service enforces, and the gateway's own wait for the answer).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
 use futures::TryStreamExt;
 use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Request, Response, Uri, Version, header};
+use http::{HeaderMap, HeaderValue, Request, Response, Uri, Version, header};
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use strongbox_common::server::flow;
 use tonic::Status;
+use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::proxy::status_response;
-
-/// HTTP/2 windows sized for multi-MiB messages: hyper's 64 KiB default would stall a
-/// large upload on round trips.
-const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
-const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{name} URL {url:?} is invalid: {reason}")]
@@ -39,17 +51,31 @@ pub struct Upstream {
     /// "auth-service" or "storage-service", for messages.
     pub name: &'static str,
     authority: Authority,
-    client: Client<HttpConnector, Body>,
-    /// A tonic channel to the same service, for the gateway's own calls (health,
-    /// key fetching, downloads).
-    pub channel: Channel,
+    pool: Arc<[PooledConnection]>,
+    /// The gateway's own calls: health checks and verification keys. Never shared with
+    /// client calls, so no client load can make the gateway think a service is down.
+    pub control: Channel,
+    /// Download links (`/files/…`), streamed by the gateway itself.
+    pub downloads: Channel,
 }
+
+/// One HTTP/2 connection of the pool (a client with a pool of its own keeps exactly
+/// one to the service), and how many calls it carries.
+struct PooledConnection {
+    client: Client<HttpConnector, Body>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// How long the gateway lets a forwarded call take before answering DEADLINE_EXCEEDED;
+/// `None` for streams, which have the services' own idle and rate rules instead.
+pub type Deadline = Option<Duration>;
 
 impl Upstream {
     pub fn new(
         name: &'static str,
         url: &str,
         connect_timeout: Duration,
+        connections: usize,
     ) -> Result<Self, BadUpstreamUrl> {
         let invalid = |reason: &str| BadUpstreamUrl {
             name,
@@ -61,43 +87,103 @@ impl Upstream {
             return Err(invalid("only plain http:// (h2c) upstreams are supported"));
         }
         let authority = uri.authority().cloned().ok_or_else(|| invalid("no host"))?;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .http2_initial_stream_window_size(STREAM_WINDOW)
-            .http2_initial_connection_window_size(CONNECTION_WINDOW)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .timer(TokioTimer::new())
-            .build(connector);
-        let channel = Endpoint::from(uri)
+        let pool = (0..connections.max(1))
+            .map(|_| PooledConnection {
+                client: http2_client(connect_timeout),
+                in_flight: Arc::new(AtomicUsize::new(0)),
+            })
+            .collect();
+        let endpoint = Endpoint::from(uri)
             .connect_timeout(connect_timeout)
-            .connect_lazy();
+            .tcp_nodelay(true);
         Ok(Self {
             name,
             authority,
-            client,
-            channel,
+            pool,
+            control: endpoint.connect_lazy(),
+            downloads: endpoint.connect_lazy(),
         })
     }
 
     /// Sends `request` (a gRPC call, grpc-web already translated) to this upstream and
-    /// returns its response, or an UNAVAILABLE status naming the upstream.
-    pub async fn forward(&self, mut request: Request<Body>) -> Response<Body> {
-        let path = request.uri().path_and_query().cloned();
+    /// returns its response, or a status naming the upstream. `held` (the caller's
+    /// per-client permits) is kept until the response has been sent in full.
+    pub async fn forward(
+        &self,
+        mut request: Request<Body>,
+        deadline: Deadline,
+        held: impl Send + Sync + 'static,
+    ) -> Response<Body> {
+        let Some(connection) = self.least_busy() else {
+            tracing::warn!(upstream = self.name, "every upstream connection is full");
+            return status_response(busy(self.name));
+        };
+        if let Err(status) = self.retarget(&mut request) {
+            return status_response(status);
+        }
+        let deadline = deadline.map(|limit| set_grpc_timeout(request.headers_mut(), limit));
+        let in_flight = InFlight::start(&connection.in_flight);
+        let call = connection.client.request(request);
+        let answer = match deadline {
+            Some(limit) => match tokio::time::timeout(limit, call).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    return status_response(Status::deadline_exceeded(format!(
+                        "{} did not answer within {} s; try again",
+                        self.name,
+                        limit.as_secs_f64().ceil()
+                    )));
+                }
+            },
+            None => call.await,
+        };
+        match answer {
+            Ok(response) => response.map(|body| {
+                // The body keeps the stream busy (and the client's permits held) until
+                // it has been read to the end or dropped.
+                Body::new(body.map_frame(move |frame| {
+                    let _kept = (&in_flight, &held);
+                    frame
+                }))
+            }),
+            Err(err) => {
+                // hyper-util's error says only which step failed; the cause is its source.
+                let cause =
+                    std::iter::successors(std::error::Error::source(&err), |err| err.source())
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(": ");
+                tracing::warn!(upstream = self.name, %err, %cause, "upstream call failed");
+                status_response(Status::unavailable(format!(
+                    "{} is unavailable; try again shortly",
+                    self.name
+                )))
+            }
+        }
+    }
+
+    /// The pooled connection with the fewest calls, unless all are at the services'
+    /// stream limit (a new stream would wait for a slot, behind calls that may never end).
+    fn least_busy(&self) -> Option<&PooledConnection> {
+        self.pool
+            .iter()
+            .min_by_key(|connection| connection.in_flight.load(Ordering::Relaxed))
+            .filter(|connection| {
+                connection.in_flight.load(Ordering::Relaxed) < flow::MAX_CONCURRENT_STREAMS as usize
+            })
+    }
+
+    /// Points the request at this upstream, as HTTP/2 with only end-to-end headers.
+    fn retarget(&self, request: &mut Request<Body>) -> Result<(), Status> {
         let mut target = Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(self.authority.clone());
-        if let Some(path) = path {
+        if let Some(path) = request.uri().path_and_query().cloned() {
             target = target.path_and_query(path);
         }
-        match target.build() {
-            Ok(uri) => *request.uri_mut() = uri,
-            Err(err) => {
-                return status_response(Status::internal(format!("cannot route the call: {err}")));
-            }
-        }
+        *request.uri_mut() = target
+            .build()
+            .map_err(|err| Status::internal(format!("cannot route the call: {err}")))?;
         *request.version_mut() = Version::HTTP_2;
         let headers = request.headers_mut();
         for hop_by_hop in [
@@ -118,27 +204,119 @@ impl Upstream {
         // An empty chunk would go out as an empty DATA frame, and h2 servers count those
         // per connection as a flood: storage-service closed the shared upstream connection
         // after 100 uploads (a client's end of stream can arrive as one).
-        let request = request.map(|body| {
-            Body::from_stream(
-                body.into_data_stream()
-                    .try_filter(|data| std::future::ready(!data.is_empty())),
-            )
-        });
-        match self.client.request(request).await {
-            Ok(response) => response.map(Body::new),
-            Err(err) => {
-                // hyper-util's error says only which step failed; the cause is its source.
-                let cause =
-                    std::iter::successors(std::error::Error::source(&err), |err| err.source())
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(": ");
-                tracing::warn!(upstream = self.name, %err, %cause, "upstream call failed");
-                status_response(Status::unavailable(format!(
-                    "{} is unavailable; try again shortly",
-                    self.name
-                )))
-            }
+        let body = std::mem::replace(request.body_mut(), Body::empty());
+        *request.body_mut() = Body::from_stream(
+            body.into_data_stream()
+                .try_filter(|data| std::future::ready(!data.is_empty())),
+        );
+        Ok(())
+    }
+}
+
+fn http2_client(connect_timeout: Duration) -> Client<HttpConnector, Body> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .http2_initial_stream_window_size(flow::STREAM_WINDOW)
+        .http2_initial_connection_window_size(flow::CONNECTION_WINDOW)
+        .http2_max_frame_size(flow::MAX_FRAME)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .timer(TokioTimer::new())
+        .build(connector)
+}
+
+fn busy(name: &str) -> Status {
+    let mut status = Status::unavailable(format!(
+        "the gateway is carrying as many calls to {name} as it can; try again in 1 s"
+    ));
+    status
+        .metadata_mut()
+        .insert("retry-after", MetadataValue::from_static("1"));
+    status
+}
+
+/// One call counted on a pooled connection until dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn start(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Caps the call's `grpc-timeout` at `limit` (a client may ask for less, never more)
+/// and returns the deadline in force.
+fn set_grpc_timeout(headers: &mut HeaderMap, limit: Duration) -> Duration {
+    let asked = headers
+        .get("grpc-timeout")
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_grpc_timeout);
+    let deadline = asked.map_or(limit, |asked| asked.min(limit));
+    if let Ok(value) = HeaderValue::from_str(&format!("{}m", deadline.as_millis().max(1))) {
+        headers.insert("grpc-timeout", value);
+    }
+    deadline
+}
+
+/// `grpc-timeout`: at most 8 digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.checked_mul(3600)?),
+        "M" => Duration::from_secs(amount.checked_mul(60)?),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit() {
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(parse_grpc_timeout("10S"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(parse_grpc_timeout("9n"), Some(Duration::from_nanos(9)));
+        for bad in ["", "S", "10", "10x", "123456789S", "-1S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_gateway_deadline_caps_what_the_client_asks() {
+        let limit = Duration::from_secs(30);
+        let mut none = HeaderMap::new();
+        assert_eq!(set_grpc_timeout(&mut none, limit), limit);
+        assert_eq!(none.get("grpc-timeout").unwrap(), "30000m");
+        let mut shorter = HeaderMap::new();
+        shorter.insert("grpc-timeout", HeaderValue::from_static("5S"));
+        assert_eq!(
+            set_grpc_timeout(&mut shorter, limit),
+            Duration::from_secs(5)
+        );
+        let mut longer = HeaderMap::new();
+        longer.insert("grpc-timeout", HeaderValue::from_static("1H"));
+        assert_eq!(set_grpc_timeout(&mut longer, limit), limit);
+        assert_eq!(longer.get("grpc-timeout").unwrap(), "30000m");
     }
 }

@@ -66,6 +66,16 @@ impl System {
         self.gateway.url()
     }
 
+    /// A channel to the gateway whose connections come from `source`, another loopback
+    /// address (127.0.0.2, 127.0.0.3, …): a different client, as far as the gateway's
+    /// per-address limits can tell.
+    pub fn channel_from(&self, source: std::net::Ipv4Addr) -> Channel {
+        tonic::transport::Endpoint::from_shared(self.url())
+            .expect("a valid URL")
+            .local_address(Some(source.into()))
+            .connect_lazy()
+    }
+
     pub fn auth_client(&self) -> AuthServiceClient<Channel> {
         AuthServiceClient::new(self.gateway.channel())
     }
@@ -79,7 +89,7 @@ impl System {
     }
 }
 
-fn start_gateway(listener: std::net::TcpListener, config: gateway::Config) -> RunningService {
+pub fn start_gateway(listener: std::net::TcpListener, config: gateway::Config) -> RunningService {
     RunningService::start_with(listener, 2, move |listener, stopped| {
         gateway::run(config, listener, until_stopped(stopped))
     })
