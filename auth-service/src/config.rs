@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use strongbox_common::config::{Command, DataDirArgs};
+use strongbox_common::config::{Command, DataDirArgs, Secret};
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -14,9 +14,9 @@ use strongbox_common::config::{Command, DataDirArgs};
     about = "Strongbox accounts, sessions and access tokens over gRPC"
 )]
 pub struct Config {
-    /// `healthcheck`, or nothing to serve.
+    /// `healthcheck`, `rotate-key`, or nothing to serve.
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub command: Option<AuthCommand>,
 
     /// Address the gRPC server listens on.
     #[arg(long, env = "AUTH_LISTEN", default_value = "127.0.0.1:50051")]
@@ -37,7 +37,13 @@ pub struct Config {
     /// Shared HS256 secret (at least 32 bytes). When set, tokens are signed with it
     /// instead of Ed25519 and every verifier needs the same secret.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
+
+    /// How long after `auth-service rotate-key` the new key starts signing, in seconds.
+    /// Until then it is only published, so verifiers know it before they meet its tokens:
+    /// keep it above the verifiers' key refetch interval (5 s) plus the key reload interval.
+    #[arg(long, env = "JWT_KEY_ACTIVATION_DELAY_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub jwt_key_activation_delay_seconds: u64,
 
     /// Lifetime of access tokens, in seconds.
     #[arg(long, env = "ACCESS_TOKEN_EXPIRE_SECONDS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..))]
@@ -51,9 +57,27 @@ pub struct Config {
     #[arg(long, env = "BCRYPT_ROUNDS", default_value_t = 12, value_parser = clap::value_parser!(u32).range(4..=31))]
     pub bcrypt_rounds: u32,
 
-    /// Failed logins allowed per email within the window before further attempts are refused.
+    /// Failed logins allowed per email from one client address within the window before
+    /// further attempts from that address are refused.
     #[arg(long, env = "LOGIN_MAX_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub login_max_failures: u32,
+
+    /// Failed logins allowed per email from all addresses together within the window: a
+    /// looser ceiling, so failures spread over many addresses are still bounded while a
+    /// stranger's failures from one address do not lock the owner out.
+    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_EMAIL", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_max_failures_per_email: u32,
+
+    /// Password checks that may wait for a hashing thread; more are refused at once with
+    /// UNAVAILABLE [default: the number of hashing threads, one per core].
+    #[arg(long, env = "PASSWORD_HASH_QUEUE")]
+    pub password_hash_queue: Option<usize>,
+
+    /// A refresh token presented again within this many seconds of its rotation, while
+    /// its successor is unused, gets that same successor (a retry whose answer was lost)
+    /// instead of revoking the session. 0 treats every second use as theft.
+    #[arg(long, env = "REFRESH_REUSE_INTERVAL_SECONDS", default_value_t = 10)]
+    pub refresh_reuse_interval_seconds: u64,
 
     /// Length of the failed-login window, in seconds.
     #[arg(long, env = "LOGIN_FAILURE_WINDOW_SECONDS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..))]
@@ -62,6 +86,28 @@ pub struct Config {
     /// How often expired refresh tokens and stale login failures are purged, in seconds.
     #[arg(long, env = "TOKEN_PURGE_INTERVAL_SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
     pub token_purge_interval_seconds: u64,
+}
+
+/// What auth-service can do besides serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+pub enum AuthCommand {
+    /// Asks the running service (at its listen address) for its grpc.health.v1 status;
+    /// exits 0 when SERVING. For container healthchecks, which have no grpcurl.
+    Healthcheck,
+    /// Adds a new Ed25519 signing key beside the current one. It is published at once and
+    /// signs from JWT_KEY_ACTIVATION_DELAY_SECONDS on; the old key stays published until
+    /// the last token it signed has expired. The running service picks it up by itself.
+    RotateKey,
+}
+
+impl AuthCommand {
+    /// The subcommand every service shares, if this is one.
+    pub fn shared(self) -> Option<Command> {
+        match self {
+            Self::Healthcheck => Some(Command::Healthcheck),
+            Self::RotateKey => None,
+        }
+    }
 }
 
 impl Config {
@@ -86,6 +132,10 @@ impl Config {
             .unwrap_or_else(|| self.data.data_dir.join("jwt-ed25519.pem"))
     }
 
+    pub fn jwt_key_activation_delay(&self) -> Duration {
+        Duration::from_secs(self.jwt_key_activation_delay_seconds)
+    }
+
     pub fn access_token_ttl(&self) -> Duration {
         Duration::from_secs(self.access_token_expire_seconds)
     }
@@ -96,5 +146,14 @@ impl Config {
 
     pub fn login_failure_window(&self) -> Duration {
         Duration::from_secs(self.login_failure_window_seconds)
+    }
+
+    /// The key that derives each refresh token's successor (see `refresh_tokens`).
+    pub fn refresh_token_key_path(&self) -> PathBuf {
+        self.data.data_dir.join("refresh-token-key")
+    }
+
+    pub fn refresh_reuse_interval(&self) -> Duration {
+        Duration::from_secs(self.refresh_reuse_interval_seconds)
     }
 }

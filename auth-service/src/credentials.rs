@@ -1,7 +1,9 @@
-//! Email addresses and passwords, parsed at the edge into types that cannot hold a bad
-//! value: past `Email::parse` and `Password::parse` no raw string reaches SQL or bcrypt.
+//! Email addresses, passwords and client addresses, parsed at the edge into types that
+//! cannot hold a bad value: past `Email::parse` and `Password::parse` no raw string
+//! reaches SQL or bcrypt, and a `ClientAddress` is always an IP address or `unknown`.
 
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::error::AuthError;
 
@@ -94,9 +96,52 @@ impl fmt::Debug for Password {
     }
 }
 
+/// Where a call comes from: the key of its failed-login throttle. Always an IP address in
+/// canonical text (an IPv4-mapped IPv6 address is its IPv4 address), or `unknown`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAddress(String);
+
+impl ClientAddress {
+    /// The address the gateway reported (`forwarded`, the client-address header), when it
+    /// is one; else the socket's `peer` (a direct caller); else `unknown`, one key shared
+    /// by every call that carries neither.
+    pub fn from_call(forwarded: Option<&str>, peer: Option<IpAddr>) -> Self {
+        match forwarded.and_then(parse_ip).or(peer) {
+            Some(ip) => Self(ip.to_canonical().to_string()),
+            None => Self("unknown".to_owned()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An IP address, with or without a port (`203.0.113.7`, `[2001:db8::1]:443`).
+fn parse_ip(raw: &str) -> Option<IpAddr> {
+    let raw = raw.trim();
+    raw.parse::<IpAddr>()
+        .ok()
+        .or_else(|| raw.parse::<SocketAddr>().ok().map(|addr| addr.ip()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_address_prefers_the_gateways_header_then_the_peer() {
+        let peer = Some(IpAddr::from([10, 0, 0, 1]));
+        let from = |header| ClientAddress::from_call(header, peer).as_str().to_owned();
+        assert_eq!(from(Some("203.0.113.7")), "203.0.113.7");
+        assert_eq!(from(Some(" 203.0.113.7:5123 ")), "203.0.113.7");
+        assert_eq!(from(Some("[2001:db8::1]:443")), "2001:db8::1");
+        assert_eq!(from(Some("::ffff:203.0.113.7")), "203.0.113.7");
+        // Not an address: the header is ignored rather than trusted as a free-form key.
+        assert_eq!(from(Some("anything; DROP TABLE")), "10.0.0.1");
+        assert_eq!(from(None), "10.0.0.1");
+        assert_eq!(ClientAddress::from_call(None, None).as_str(), "unknown");
+    }
 
     #[test]
     fn email_is_trimmed_and_lowercased_as_a_whole() {

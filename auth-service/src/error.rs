@@ -15,8 +15,12 @@ pub enum AuthError {
     EmailTaken,
     #[error("email or password is incorrect")]
     BadCredentials,
-    #[error("too many failed logins for this email; try again in {} seconds", .retry_after.as_secs().max(1))]
+    #[error("too many failed logins for this email; try again in {} seconds", whole_seconds(*.retry_after))]
     Throttled { retry_after: Duration },
+    /// Every hashing thread is busy and the queue is full: the call is refused at once
+    /// rather than left waiting behind the others (see `passwords`).
+    #[error("auth-service is busy checking passwords; try again in {} s", whole_seconds(*.retry_after))]
+    Busy { retry_after: Duration },
     #[error("{0}")]
     SessionRejected(&'static str),
     #[error("the account for this access token no longer exists")]
@@ -38,11 +42,10 @@ impl From<AuthError> for Status {
                 Status::unauthenticated(err.to_string())
             }
             AuthError::Throttled { retry_after } => {
-                let mut status = Status::resource_exhausted(err.to_string());
-                if let Ok(value) = retry_after.as_secs().max(1).to_string().parse() {
-                    status.metadata_mut().insert("retry-after", value);
-                }
-                status
+                with_retry_after(Status::resource_exhausted(err.to_string()), retry_after)
+            }
+            AuthError::Busy { retry_after } => {
+                with_retry_after(Status::unavailable(err.to_string()), retry_after)
             }
             AuthError::Token(token) => token.into(),
             AuthError::Database(source) => strongbox_common::sqlite::status(&source),
@@ -52,4 +55,18 @@ impl From<AuthError> for Status {
             }
         }
     }
+}
+
+/// Adds `retry-after` (whole seconds, as in HTTP) so clients and the gateway can back off.
+fn with_retry_after(mut status: Status, retry_after: Duration) -> Status {
+    if let Ok(value) = whole_seconds(retry_after).to_string().parse() {
+        status.metadata_mut().insert("retry-after", value);
+    }
+    status
+}
+
+/// At least one second, rounded up: "try again in 0 s" would invite a retry storm.
+fn whole_seconds(duration: Duration) -> u64 {
+    let seconds = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    seconds.max(1)
 }

@@ -1,14 +1,34 @@
 use std::process::ExitCode;
 
 use auth_service::Config;
+use auth_service::config::AuthCommand;
+use auth_service::signing_keys;
 use strongbox_common::{config, server};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let config: Config = config::load();
-    let (listen, command) = (config.listen, config.command);
+    if config.command == Some(AuthCommand::RotateKey) {
+        return rotate_key(&config);
+    }
+    let (listen, command) = (config.listen, config.command.and_then(AuthCommand::shared));
     server::run_binary(listen, command, |listener, shutdown| {
         auth_service::run(config, listener, shutdown)
     })
     .await
+}
+
+/// `auth-service rotate-key`: one line saying what was done, for the operator.
+fn rotate_key(config: &Config) -> ExitCode {
+    match signing_keys::rotate(config) {
+        Ok(rotation) => {
+            println!(
+                "new signing key {} is published now and signs from unix time {}; \
+                 {} keeps verifying its tokens until they expire ({} expired key(s) deleted)",
+                rotation.new_kid, rotation.activates_at, rotation.previous_kid, rotation.pruned
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => server::exit_with(&err),
+    }
 }

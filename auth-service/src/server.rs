@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::error::AuthError;
 use crate::passwords::PasswordHasher;
+use crate::refresh_tokens::SuccessorKey;
 use crate::service::{AuthApi, LoginThrottle};
 use crate::signing::{TokenSigner, unix_now};
 use crate::store::Store;
@@ -55,7 +56,8 @@ async fn build(config: &Config) -> Result<AuthApi, AuthError> {
             config.access_token_ttl(),
         )?,
     };
-    let hasher = PasswordHasher::new(config.bcrypt_rounds).await?;
+    let successor_key = SuccessorKey::read_or_create(&config.refresh_token_key_path())?;
+    let hasher = PasswordHasher::new(config.bcrypt_rounds, config.password_hash_queue).await?;
     Ok(AuthApi {
         verifier: signer.verifier(),
         store,
@@ -64,8 +66,11 @@ async fn build(config: &Config) -> Result<AuthApi, AuthError> {
         refresh_ttl: config.refresh_token_ttl(),
         throttle: LoginThrottle {
             max_failures: config.login_max_failures,
+            max_failures_per_email: config.login_max_failures_per_email,
             window: config.login_failure_window(),
         },
+        successor_key,
+        refresh_reuse_interval: config.refresh_reuse_interval(),
     })
 }
 

@@ -1,10 +1,16 @@
 //! The `auth.v1.AuthService` implementation: each RPC parses its input into domain
 //! types, does its work through the store, hasher and signer, and returns `AuthError`,
 //! which becomes a `Status` in exactly one place (`error.rs`).
+//!
+//! A Login first takes a place in the hashing pool (refused at once when it is full),
+//! then claims its attempt against the failed-login limits (refused when they are
+//! reached), and only then checks the password: a flood costs neither queueing nor
+//! hashing beyond the bounds, and N concurrent guesses check at most the limit.
 
 use std::time::Duration;
 
 use strongbox_common::jwt::Verifier;
+use strongbox_common::server::CLIENT_ADDRESS_HEADER;
 use strongbox_proto::auth::v1::auth_service_server::AuthService;
 use strongbox_proto::auth::v1::{
     GetPublicKeysRequest, GetPublicKeysResponse, LoginRequest, LoginResponse, LogoutAllRequest,
@@ -14,17 +20,21 @@ use strongbox_proto::auth::v1::{
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::credentials::{Email, Password};
+use crate::credentials::{ClientAddress, Email, Password};
 use crate::error::AuthError;
 use crate::passwords::PasswordHasher;
-use crate::refresh_tokens::RefreshToken;
+use crate::refresh_tokens::{RefreshToken, SuccessorKey};
 use crate::signing::{TokenSigner, unix_now};
-use crate::store::{NewRefreshToken, Rotation, Store, UserRecord};
+use crate::store::{Claim, FailureLimits, NewRefreshToken, Rotation, Store, UserRecord};
 
-/// Failed-login throttling: at most `max_failures` within `window` per email.
+/// Failed-login throttling within `window`: at most `max_failures` per email from one
+/// client address, and `max_failures_per_email` from all addresses together. The first
+/// stops a guesser at one address without locking the owner out elsewhere (OWASP: a
+/// lockout is itself a denial of service); the second bounds a guesser spread over many.
 #[derive(Debug, Clone, Copy)]
 pub struct LoginThrottle {
     pub max_failures: u32,
+    pub max_failures_per_email: u32,
     pub window: Duration,
 }
 
@@ -35,34 +45,42 @@ pub struct AuthApi {
     pub(crate) verifier: Verifier,
     pub(crate) refresh_ttl: Duration,
     pub(crate) throttle: LoginThrottle,
+    pub(crate) successor_key: SuccessorKey,
+    /// How long after its rotation a refresh token may be presented again as a retry.
+    pub(crate) refresh_reuse_interval: Duration,
 }
 
 impl AuthApi {
     async fn register(&self, request: RegisterRequest) -> Result<User, AuthError> {
         let email = Email::parse(&request.email)?;
         let password = Password::parse(request.password)?;
-        let hash = self.hasher.hash(&password).await?;
+        let hash = self.hasher.reserve()?.hash(&password).await?;
         let user = self.store.insert_user(&email, &hash, now()).await?;
         tracing::info!(user_id = %user.id, "registered");
         Ok(user_message(&user))
     }
 
-    async fn login(&self, request: LoginRequest) -> Result<TokenPair, AuthError> {
+    async fn login(
+        &self,
+        request: LoginRequest,
+        client: ClientAddress,
+    ) -> Result<TokenPair, AuthError> {
         let email = Email::parse(&request.email)?;
         let password = Password::parse(request.password)?;
-        self.check_throttle(&email).await?;
+        let slot = self.hasher.reserve()?;
+        self.claim_attempt(&email, &client).await?;
         let user = self.store.user_by_email(&email).await?;
         let hash = user.as_ref().map(|user| user.password_hash.as_str());
         // Verified even when the user is unknown (against a decoy), so the time taken
-        // does not reveal which emails have accounts.
-        if !self.hasher.verify(&password, hash).await? {
-            self.store.record_failure(&email, now()).await?;
+        // does not reveal which emails have accounts. A wrong password leaves the claimed
+        // attempt recorded as a failure.
+        if !slot.verify(&password, hash).await? {
             return Err(AuthError::BadCredentials);
         }
         let Some(user) = user else {
             return Err(AuthError::BadCredentials);
         };
-        self.store.clear_failures(&email).await?;
+        self.store.clear_failures(&email, &client).await?;
         let user_id = user.user_id()?;
         let refresh = RefreshToken::generate()?;
         self.store
@@ -74,15 +92,27 @@ impl AuthApi {
 
     async fn refresh(&self, request: RefreshRequest) -> Result<TokenPair, AuthError> {
         let presented = RefreshToken::parse(&request.refresh_token)?;
-        let successor = RefreshToken::generate()?;
+        // Derived, not random, so that a retry of this call derives the same successor
+        // and can be handed it again (see `refresh_tokens`).
+        let successor = self.successor_key.successor_of(&presented);
         let successor_hash = successor.hash();
         let rotation = self
             .store
-            .rotate(&presented.hash(), self.new_refresh(&successor_hash), now())
+            .rotate(
+                &presented.hash(),
+                self.new_refresh(&successor_hash),
+                now(),
+                seconds(self.refresh_reuse_interval),
+            )
             .await?;
         let user_id = match rotation {
-            Rotation::Rotated { user_id } => Uuid::parse_str(&user_id)
-                .map_err(|err| AuthError::Internal(format!("stored user id: {err}")))?,
+            Rotation::Rotated { user_id } => parse_user_id(&user_id)?,
+            Rotation::Retried { user_id } => {
+                tracing::info!(
+                    "a refresh token was presented again within the reuse interval; its successor is returned again"
+                );
+                parse_user_id(&user_id)?
+            }
             Rotation::Reused => {
                 tracing::warn!("a spent refresh token was presented again; its session is revoked");
                 return Err(AuthError::SessionRejected(
@@ -128,16 +158,26 @@ impl AuthApi {
         Ok(user_message(&user))
     }
 
-    async fn check_throttle(&self, email: &Email) -> Result<(), AuthError> {
+    /// Claims a login attempt of `email` from `client`, or refuses it when the failures
+    /// in the window reach a limit, with the time until the oldest of them expires.
+    async fn claim_attempt(&self, email: &Email, client: &ClientAddress) -> Result<(), AuthError> {
         let now = now();
-        let window = i64::try_from(self.throttle.window.as_secs()).unwrap_or(i64::MAX);
-        let (failures, oldest) = self.store.failures_since(email, now - window).await?;
-        if failures < i64::from(self.throttle.max_failures) {
+        let window = seconds(self.throttle.window);
+        let limits = FailureLimits {
+            per_client: self.throttle.max_failures,
+            per_email: self.throttle.max_failures_per_email,
+            since: now.saturating_sub(window),
+        };
+        let claim = self
+            .store
+            .claim_login_attempt(email, client, limits, now)
+            .await?;
+        let Claim::Refused { oldest_failure } = claim else {
             return Ok(());
-        }
-        let retry_at = oldest.unwrap_or(now) + window;
+        };
+        let retry_at = oldest_failure.saturating_add(window);
         let retry_after = Duration::from_secs(u64::try_from(retry_at - now).unwrap_or(1));
-        tracing::warn!(failures, "login throttled");
+        tracing::warn!(client = client.as_str(), "login throttled");
         Err(AuthError::Throttled { retry_after })
     }
 
@@ -173,7 +213,8 @@ impl AuthService for AuthApi {
         &self,
         request: Request<LoginRequest>,
     ) -> Result<Response<LoginResponse>, Status> {
-        let tokens = self.login(request.into_inner()).await?;
+        let client = client_address(&request);
+        let tokens = self.login(request.into_inner(), client).await?;
         Ok(Response::new(LoginResponse {
             tokens: Some(tokens),
         }))
@@ -231,6 +272,20 @@ fn user_message(user: &UserRecord) -> User {
             nanos: 0,
         }),
     }
+}
+
+/// The client a call comes from: the gateway's header, else the socket's peer.
+fn client_address<T>(request: &Request<T>) -> ClientAddress {
+    let forwarded = request
+        .metadata()
+        .get(CLIENT_ADDRESS_HEADER)
+        .and_then(|value| value.to_str().ok());
+    let peer = request.remote_addr().map(|addr| addr.ip());
+    ClientAddress::from_call(forwarded, peer)
+}
+
+fn parse_user_id(stored: &str) -> Result<Uuid, AuthError> {
+    Uuid::parse_str(stored).map_err(|err| AuthError::Internal(format!("stored user id: {err}")))
 }
 
 fn now() -> i64 {

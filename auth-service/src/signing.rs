@@ -1,38 +1,41 @@
-//! The access-token signing key and the tokens it signs.
+//! The access-token signer and the tokens it signs.
 //!
-//! Ed25519 by default: the private key lives only here, in a PKCS#8 PEM file that is
-//! generated (mode 0600) on first start and reused after; verifiers get the public half
-//! from `GetPublicKeys`, named by a `kid` derived from the key itself. `JWT_SECRET`
-//! switches to HS256 for deployments that share one secret.
+//! Ed25519 by default: the private keys live only here (see [`crate::signing_keys`] for
+//! the files and the rotation rules); verifiers get the public halves from
+//! `GetPublicKeys`, named by a `kid` derived from each key. The set is re-read every
+//! [`RELOAD_INTERVAL`] by a task that ends with the signer, so a key added by
+//! `auth-service rotate-key` is published without a restart, and which key signs is
+//! decided per token from the activation times. `JWT_SECRET` switches to HS256 for
+//! deployments that share one secret.
 
 use std::path::Path;
+use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use sha2::{Digest, Sha256};
+use strongbox_common::config::Secret;
 use strongbox_common::jwt::{self, Claims, Verifier};
-use strongbox_common::secrets;
 use strongbox_proto::auth::v1::PublicKey;
 use uuid::Uuid;
 
 use crate::error::AuthError;
-
-/// HS256 secrets shorter than the hash output are guessable offline from any token.
-const MIN_SECRET_BYTES: usize = 32;
+use crate::signing_keys::{KeyFiles, KeySet, RELOAD_INTERVAL, retired_key_lifetime};
 
 enum Key {
-    Ed25519 {
-        kid: String,
-        encoding: EncodingKey,
-        public_raw: [u8; 32],
-        public_pem: String,
-    },
+    Ed25519(Arc<Ed25519Keys>),
     Hs256 {
         encoding: EncodingKey,
-        secret: Vec<u8>,
+        verifier: Verifier,
     },
+}
+
+/// The Ed25519 key set as last read from disk, and this service's own verifier, kept
+/// in step with it.
+struct Ed25519Keys {
+    files: KeyFiles,
+    set: RwLock<Arc<KeySet>>,
+    verifier: Verifier,
+    retired_lifetime: Duration,
 }
 
 /// Signs access tokens.
@@ -42,46 +45,36 @@ pub struct TokenSigner {
 }
 
 impl TokenSigner {
-    /// HS256 with a shared secret.
-    pub fn hs256(secret: &str, ttl: Duration) -> Result<Self, AuthError> {
-        if secret.len() < MIN_SECRET_BYTES {
-            return Err(AuthError::Internal(format!(
-                "JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes; generate one with `openssl rand -hex 32`"
-            )));
-        }
-        let secret = secret.as_bytes().to_vec();
+    /// HS256 with a shared secret (at least `MIN_SECRET_BYTES`, by its type).
+    pub fn hs256(secret: &Secret, ttl: Duration) -> Result<Self, AuthError> {
         Ok(Self {
             key: Key::Hs256 {
-                encoding: EncodingKey::from_secret(&secret),
-                secret,
+                encoding: EncodingKey::from_secret(secret.as_bytes()),
+                verifier: Verifier::shared_secret(secret.as_bytes()),
             },
             ttl,
         })
     }
 
-    /// Ed25519 with the key at `path`, generating it there if it does not exist yet.
+    /// Ed25519 with the key at `path` (generated there if it does not exist yet) and the
+    /// keys rotated in beside it. Inside a tokio runtime, the set is reloaded
+    /// periodically for as long as the signer lives.
     pub fn ed25519_from_file(path: &Path, ttl: Duration) -> Result<Self, AuthError> {
-        let pem = read_or_generate_key(path)?;
-        let signing = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).map_err(|err| {
-            AuthError::Internal(format!(
-                "{} is not a PKCS#8 Ed25519 key: {err}",
-                path.display()
-            ))
-        })?;
-        let verifying = signing.verifying_key();
-        let public_raw = verifying.to_bytes();
-        let public_pem = verifying
-            .to_public_key_pem(LineEnding::LF)
-            .map_err(|err| AuthError::Internal(format!("encoding the public key: {err}")))?;
-        let encoding = EncodingKey::from_ed_pem(pem.as_bytes())
-            .map_err(|err| AuthError::Internal(format!("loading the signing key: {err}")))?;
+        let files = KeyFiles::beside(path);
+        let set = files.load()?;
+        let retired_lifetime = retired_key_lifetime(ttl);
+        let verifier = Verifier::ed25519(verification_keys(&set, retired_lifetime));
+        let keys = Arc::new(Ed25519Keys {
+            files,
+            set: RwLock::new(Arc::new(set)),
+            verifier,
+            retired_lifetime,
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(reload_periodically(Arc::downgrade(&keys)));
+        }
         Ok(Self {
-            key: Key::Ed25519 {
-                kid: key_id(&public_raw),
-                encoding,
-                public_raw,
-                public_pem,
-            },
+            key: Key::Ed25519(keys),
             ttl,
         })
     }
@@ -102,61 +95,100 @@ impl TokenSigner {
             iss: jwt::ISSUER.to_owned(),
             aud: jwt::AUDIENCE.to_owned(),
         };
-        let (header, key) = match &self.key {
-            Key::Ed25519 { kid, encoding, .. } => {
+        let signed = match &self.key {
+            Key::Ed25519(keys) => {
+                let set = keys.current();
+                let key = set.signing(now);
                 let mut header = Header::new(Algorithm::EdDSA);
-                header.kid = Some(kid.clone());
-                (header, encoding)
+                header.kid = Some(key.kid.clone());
+                jsonwebtoken::encode(&header, &claims, &key.encoding)
             }
-            Key::Hs256 { encoding, .. } => (Header::new(Algorithm::HS256), encoding),
+            Key::Hs256 { encoding, .. } => {
+                jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, encoding)
+            }
         };
-        jsonwebtoken::encode(&header, &claims, key)
-            .map_err(|err| AuthError::Internal(format!("signing an access token: {err}")))
+        signed.map_err(|err| AuthError::Internal(format!("signing an access token: {err}")))
     }
 
-    /// A verifier for the tokens this signer makes.
+    /// A verifier for the tokens this signer makes; it follows key rotations.
     pub fn verifier(&self) -> Verifier {
         match &self.key {
-            Key::Ed25519 {
-                kid, public_raw, ..
-            } => Verifier::ed25519([(kid.clone(), *public_raw)]),
-            Key::Hs256 { secret, .. } => Verifier::shared_secret(secret),
+            Key::Ed25519(keys) => keys.verifier.clone(),
+            Key::Hs256 { verifier, .. } => verifier.clone(),
         }
     }
 
-    /// What verifiers need; nothing in HS256 mode, whose secret is not public.
+    /// What verifiers need now: every pending, signing or recently retired key;
+    /// nothing in HS256 mode, whose secret is not public.
     pub fn public_keys(&self) -> Vec<PublicKey> {
-        match &self.key {
-            Key::Ed25519 {
-                kid,
-                public_raw,
-                public_pem,
-                ..
-            } => vec![PublicKey {
-                kid: kid.clone(),
+        let Key::Ed25519(keys) = &self.key else {
+            return Vec::new();
+        };
+        let set = keys.current();
+        set.published(unix_now(), keys.retired_lifetime)
+            .map(|key| PublicKey {
+                kid: key.kid.clone(),
                 alg: jwt::EDDSA.to_owned(),
-                public_key: public_raw.to_vec().into(),
-                public_key_pem: public_pem.clone(),
-            }],
-            Key::Hs256 { .. } => Vec::new(),
-        }
+                public_key: key.public_raw.to_vec().into(),
+                public_key_pem: key.public_pem.clone(),
+            })
+            .collect()
     }
 }
 
-/// The kid of a public key: the first 16 hex digits of its SHA-256, stable across restarts.
-fn key_id(public_raw: &[u8; 32]) -> String {
-    hex::encode(&Sha256::digest(public_raw)[..8])
+impl Ed25519Keys {
+    fn current(&self) -> Arc<KeySet> {
+        // A panic while holding the lock cannot leave a half-swapped Arc behind.
+        self.set
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Re-reads the key files (on the blocking pool: file I/O) and, if they changed,
+    /// swaps the set and updates the verifier. A bad file is logged and the known keys
+    /// keep working.
+    async fn reload(&self) {
+        let files = self.files.clone();
+        let loaded = match tokio::task::spawn_blocking(move || files.load()).await {
+            Ok(Ok(set)) => set,
+            Ok(Err(err)) => {
+                tracing::warn!(%err, "reloading the signing keys failed; keeping the known ones");
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(%err, "reloading the signing keys panicked");
+                return;
+            }
+        };
+        let changed = loaded.kids() != self.current().kids();
+        if changed {
+            tracing::info!(kids = ?loaded.kids(), "signing keys changed");
+            *self.set.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(loaded);
+        }
+        // Every time: keys also leave the published set as time passes.
+        let keys = verification_keys(&self.current(), self.retired_lifetime);
+        self.verifier.replace_ed25519_keys(keys).await;
+    }
 }
 
-fn read_or_generate_key(path: &Path) -> Result<String, AuthError> {
-    secrets::read_or_create(path, || {
-        let seed = secrets::random_bytes::<32>()?;
-        let pem = ed25519_dalek::SigningKey::from_bytes(&seed)
-            .to_pkcs8_pem(LineEnding::LF)
-            .map_err(std::io::Error::other)?;
-        Ok(pem.to_string())
-    })
-    .map_err(|err| AuthError::Internal(format!("signing key {}: {err}", path.display())))
+/// Reloads the keys every [`RELOAD_INTERVAL`] until the signer is dropped.
+async fn reload_periodically(keys: Weak<Ed25519Keys>) {
+    let mut ticks = tokio::time::interval(RELOAD_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let Some(keys) = keys.upgrade() else { return };
+        keys.reload().await;
+    }
+}
+
+/// The published keys as `(kid, raw public key)`, for a verifier.
+fn verification_keys(set: &KeySet, retired_lifetime: Duration) -> Vec<(String, [u8; 32])> {
+    set.published(unix_now(), retired_lifetime)
+        .map(|key| (key.kid.clone(), key.public_raw))
+        .collect()
 }
 
 pub(crate) fn unix_now() -> u64 {
@@ -190,9 +222,16 @@ mod tests {
         );
     }
 
-    #[test]
-    fn short_shared_secrets_are_refused() {
-        assert!(TokenSigner::hs256("too-short", Duration::from_secs(60)).is_err());
-        assert!(TokenSigner::hs256(&"s".repeat(32), Duration::from_secs(60)).is_ok());
+    #[tokio::test]
+    async fn a_shared_secret_signs_hs256_and_publishes_nothing() {
+        let secret: Secret = "s".repeat(32).parse().unwrap();
+        let signer = TokenSigner::hs256(&secret, Duration::from_secs(60)).unwrap();
+        let user = Uuid::new_v4();
+        let token = signer.sign(user).unwrap();
+        assert_eq!(
+            signer.verifier().verify(&token).await.unwrap().user_id,
+            user
+        );
+        assert!(signer.public_keys().is_empty());
     }
 }

@@ -2,13 +2,15 @@
 //!
 //! Every write transaction starts with `BEGIN IMMEDIATE`, so it takes the write lock up
 //! front and waits (busy timeout) instead of failing with "database is locked" when it
-//! would later try to upgrade a read lock.
+//! would later try to upgrade a read lock. The same lock makes the two check-then-act
+//! rules here atomic: claiming a login attempt (count failures, then record one) and
+//! rotating a refresh token (find it live, then spend it).
 
 use sqlx::{FromRow, SqlitePool};
 use strongbox_common::sqlite;
 use uuid::Uuid;
 
-use crate::credentials::Email;
+use crate::credentials::{ClientAddress, Email};
 use crate::error::AuthError;
 
 #[derive(Debug, Clone, FromRow)]
@@ -33,6 +35,12 @@ pub enum Rotation {
     Rotated {
         user_id: String,
     },
+    /// It had just been rotated and its successor is still unused: a client retrying a
+    /// Refresh whose answer was lost. Nothing changed; the caller hands out the same
+    /// successor again.
+    Retried {
+        user_id: String,
+    },
     /// It had already been rotated: someone replayed it. Its family is now revoked.
     Reused,
     /// Its session was logged out or revoked.
@@ -41,12 +49,54 @@ pub enum Rotation {
     Unknown,
 }
 
+/// A presented token that was not live, with its successor if it was rotated. A rotated
+/// token's `revoked_at` is the moment of its rotation (revoking a family later only
+/// touches tokens not yet revoked).
 #[derive(FromRow)]
 struct TokenState {
+    user_id: String,
     family_id: String,
     expires_at: i64,
     revoked_at: Option<i64>,
     replaced_by: Option<String>,
+    successor_hash: Option<Vec<u8>>,
+    successor_expires_at: Option<i64>,
+    successor_revoked_at: Option<i64>,
+    successor_replaced_by: Option<String>,
+}
+
+impl TokenState {
+    /// Whether presenting this token again is a retry of its rotation rather than a
+    /// replay: rotated at most `reuse_interval` seconds ago, into the very successor the
+    /// caller derived again (`successor_hash`), which nobody has used or revoked since.
+    fn is_retry(&self, successor_hash: &[u8], now: i64, reuse_interval: i64) -> bool {
+        let Some(rotated_at) = self.revoked_at else {
+            return false;
+        };
+        let recent = reuse_interval > 0 && now.saturating_sub(rotated_at) <= reuse_interval;
+        let successor_live = self.successor_revoked_at.is_none()
+            && self.successor_replaced_by.is_none()
+            && self.successor_expires_at.is_some_and(|expiry| expiry > now);
+        let same_successor = self.successor_hash.as_deref() == Some(successor_hash);
+        self.replaced_by.is_some() && recent && successor_live && same_successor
+    }
+}
+
+/// The outcome of claiming a login attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Under both limits: the attempt is recorded as a failure until the login succeeds.
+    Claimed,
+    /// A limit is reached; it frees up when the oldest counted failure leaves the window.
+    Refused { oldest_failure: i64 },
+}
+
+/// The failed-login limits an attempt is claimed under, over failures after `since`.
+#[derive(Debug, Clone, Copy)]
+pub struct FailureLimits {
+    pub per_client: u32,
+    pub per_email: u32,
+    pub since: i64,
 }
 
 /// A new refresh token to store.
@@ -123,33 +173,62 @@ impl Store {
         )
     }
 
-    /// Failed logins for `email` since `since`: how many, and when the oldest was.
-    pub async fn failures_since(
+    /// Claims a login attempt for `email` from `client` before its password is checked:
+    /// in one transaction, counts the recent failures and, when under `limits`, records
+    /// the attempt as a failure. Of N concurrent attempts, at most the limit are claimed,
+    /// so at most that many passwords are ever checked per window.
+    pub async fn claim_login_attempt(
         &self,
         email: &Email,
-        since: i64,
-    ) -> Result<(i64, Option<i64>), AuthError> {
-        Ok(sqlx::query_as(
+        client: &ClientAddress,
+        limits: FailureLimits,
+        now: i64,
+    ) -> Result<Claim, AuthError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (from_client, oldest): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), MIN(failed_at) FROM login_failures
+             WHERE email = ? AND client_address = ? AND failed_at > ?",
+        )
+        .bind(email.as_str())
+        .bind(client.as_str())
+        .bind(limits.since)
+        .fetch_one(&mut *tx)
+        .await?;
+        if from_client >= i64::from(limits.per_client) {
+            return Ok(refused(oldest, now));
+        }
+        let (for_email, oldest): (i64, Option<i64>) = sqlx::query_as(
             "SELECT COUNT(*), MIN(failed_at) FROM login_failures WHERE email = ? AND failed_at > ?",
         )
         .bind(email.as_str())
-        .bind(since)
-        .fetch_one(&self.pool)
-        .await?)
+        .bind(limits.since)
+        .fetch_one(&mut *tx)
+        .await?;
+        if for_email >= i64::from(limits.per_email) {
+            return Ok(refused(oldest, now));
+        }
+        sqlx::query(
+            "INSERT INTO login_failures (email, client_address, failed_at) VALUES (?, ?, ?)",
+        )
+        .bind(email.as_str())
+        .bind(client.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Claim::Claimed)
     }
 
-    pub async fn record_failure(&self, email: &Email, now: i64) -> Result<(), AuthError> {
-        sqlx::query("INSERT INTO login_failures (email, failed_at) VALUES (?, ?)")
+    /// A login succeeded: forgets its claimed attempt and every failure of `email` from
+    /// the same `client`. Failures from other addresses stay counted.
+    pub async fn clear_failures(
+        &self,
+        email: &Email,
+        client: &ClientAddress,
+    ) -> Result<(), AuthError> {
+        sqlx::query("DELETE FROM login_failures WHERE email = ? AND client_address = ?")
             .bind(email.as_str())
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    pub async fn clear_failures(&self, email: &Email) -> Result<(), AuthError> {
-        sqlx::query("DELETE FROM login_failures WHERE email = ?")
-            .bind(email.as_str())
+            .bind(client.as_str())
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -179,12 +258,14 @@ impl Store {
 
     /// Spends the token hashed `presented` and, if it was live, stores `successor` in its
     /// family, all in one transaction: of two concurrent calls with one token, exactly
-    /// one sees it live. A token that was already rotated revokes its whole family.
+    /// one sees it live. A token that was already rotated revokes its whole family,
+    /// unless it is a retry (see [`TokenState::is_retry`]) within `reuse_interval` seconds.
     pub async fn rotate(
         &self,
         presented: &[u8],
         successor: NewRefreshToken<'_>,
         now: i64,
+        reuse_interval: i64,
     ) -> Result<Rotation, AuthError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let spent: Option<(String, String, String)> = sqlx::query_as(
@@ -221,13 +302,22 @@ impl Store {
         }
 
         let state: Option<TokenState> = sqlx::query_as(
-            "SELECT family_id, expires_at, revoked_at, replaced_by FROM refresh_tokens WHERE token_hash = ?",
+            "SELECT t.user_id, t.family_id, t.expires_at, t.revoked_at, t.replaced_by,
+                    s.token_hash AS successor_hash, s.expires_at AS successor_expires_at,
+                    s.revoked_at AS successor_revoked_at, s.replaced_by AS successor_replaced_by
+             FROM refresh_tokens t LEFT JOIN refresh_tokens s ON s.id = t.replaced_by
+             WHERE t.token_hash = ?",
         )
         .bind(presented)
         .fetch_optional(&mut *tx)
         .await?;
         let outcome = match state {
             None => Rotation::Unknown,
+            Some(state) if state.is_retry(successor.hash, now, reuse_interval) => {
+                Rotation::Retried {
+                    user_id: state.user_id,
+                }
+            }
             Some(state) if state.replaced_by.is_some() => {
                 revoke_family(&mut tx, &state.family_id, now).await?;
                 Rotation::Reused
@@ -284,6 +374,13 @@ impl Store {
     }
 }
 
+/// A refusal that lifts when `oldest` (the oldest counted failure) leaves the window.
+fn refused(oldest: Option<i64>, now: i64) -> Claim {
+    Claim::Refused {
+        oldest_failure: oldest.unwrap_or(now),
+    }
+}
+
 async fn revoke_family(
     tx: &mut sqlx::SqliteConnection,
     family_id: &str,
@@ -302,6 +399,9 @@ async fn revoke_family(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The default reuse interval, in seconds.
+    const REUSE: i64 = 10;
 
     async fn store() -> Store {
         Store::connect("sqlite::memory:").await.unwrap()
@@ -329,17 +429,19 @@ mod tests {
             expires_at: 100,
         };
         assert_eq!(
-            store.rotate(b"first", next, 1).await.unwrap(),
+            store.rotate(b"first", next, 1, REUSE).await.unwrap(),
             Rotation::Rotated {
                 user_id: user.id.clone()
             }
         );
+        // A replay derives a different successor than the one stored (it is not the
+        // client's retry), so even within the interval it revokes the family.
         let replay = NewRefreshToken {
             hash: b"third",
             expires_at: 100,
         };
         assert_eq!(
-            store.rotate(b"first", replay, 2).await.unwrap(),
+            store.rotate(b"first", replay, 2, REUSE).await.unwrap(),
             Rotation::Reused
         );
         // The successor was revoked with its family.
@@ -348,7 +450,7 @@ mod tests {
             expires_at: 100,
         };
         assert_eq!(
-            store.rotate(b"second", after, 3).await.unwrap(),
+            store.rotate(b"second", after, 3, REUSE).await.unwrap(),
             Rotation::Revoked
         );
     }
@@ -379,11 +481,11 @@ mod tests {
             expires_at: 100,
         };
         assert_eq!(
-            store.rotate(b"old", next(), 10).await.unwrap(),
+            store.rotate(b"old", next(), 10, REUSE).await.unwrap(),
             Rotation::Expired
         );
         assert_eq!(
-            store.rotate(b"nope", next(), 10).await.unwrap(),
+            store.rotate(b"nope", next(), 10, REUSE).await.unwrap(),
             Rotation::Unknown
         );
         assert_eq!(store.purge(10, 0).await.unwrap().0, 1);
@@ -398,5 +500,170 @@ mod tests {
             store.insert_user(&email, "hash", 0).await,
             Err(AuthError::EmailTaken)
         ));
+    }
+
+    /// A user with one session whose first token (`b"first"`, expiring at 100) was
+    /// rotated at `rotated_at` into `b"second"`.
+    async fn rotated_session(store: &Store, rotated_at: i64) -> String {
+        let email = Email::parse("r@example.com").unwrap();
+        let user = store.insert_user(&email, "hash", 0).await.unwrap();
+        let token = |hash| NewRefreshToken {
+            hash,
+            expires_at: 100,
+        };
+        store
+            .start_session(user.user_id().unwrap(), token(b"first"), 0)
+            .await
+            .unwrap();
+        let rotated = store
+            .rotate(b"first", token(b"second"), rotated_at, REUSE)
+            .await
+            .unwrap();
+        assert!(matches!(rotated, Rotation::Rotated { .. }));
+        user.id
+    }
+
+    fn successor(hash: &[u8]) -> NewRefreshToken<'_> {
+        NewRefreshToken {
+            hash,
+            expires_at: 100,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retry_within_the_interval_gets_the_same_live_successor() {
+        let store = store().await;
+        let user_id = rotated_session(&store, 10).await;
+        for now in [10, 15, 10 + REUSE] {
+            assert_eq!(
+                store
+                    .rotate(b"first", successor(b"second"), now, REUSE)
+                    .await
+                    .unwrap(),
+                Rotation::Retried {
+                    user_id: user_id.clone()
+                },
+                "at {now}"
+            );
+        }
+        // Nothing was revoked: the successor rotates as usual.
+        assert!(matches!(
+            store
+                .rotate(b"second", successor(b"third"), 21, REUSE)
+                .await
+                .unwrap(),
+            Rotation::Rotated { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_the_interval_is_reuse() {
+        let store = store().await;
+        rotated_session(&store, 10).await;
+        let late = store
+            .rotate(b"first", successor(b"second"), 11 + REUSE, REUSE)
+            .await
+            .unwrap();
+        assert_eq!(late, Rotation::Reused);
+        let after = store
+            .rotate(b"second", successor(b"third"), 12 + REUSE, REUSE)
+            .await
+            .unwrap();
+        assert_eq!(after, Rotation::Revoked, "the family was not revoked");
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_the_successor_was_used_is_reuse() {
+        let store = store().await;
+        rotated_session(&store, 10).await;
+        store
+            .rotate(b"second", successor(b"third"), 11, REUSE)
+            .await
+            .unwrap();
+        let retry = store
+            .rotate(b"first", successor(b"second"), 12, REUSE)
+            .await
+            .unwrap();
+        assert_eq!(retry, Rotation::Reused);
+        let newest = store
+            .rotate(b"third", successor(b"fourth"), 13, REUSE)
+            .await
+            .unwrap();
+        assert_eq!(newest, Rotation::Revoked, "the family was not revoked");
+    }
+
+    #[tokio::test]
+    async fn an_interval_of_zero_treats_every_second_use_as_reuse() {
+        let store = store().await;
+        rotated_session(&store, 10).await;
+        let retry = store
+            .rotate(b"first", successor(b"second"), 10, 0)
+            .await
+            .unwrap();
+        assert_eq!(retry, Rotation::Reused);
+    }
+
+    fn limits(per_client: u32, per_email: u32) -> FailureLimits {
+        FailureLimits {
+            per_client,
+            per_email,
+            since: 0,
+        }
+    }
+
+    async fn claims(store: &Store, client: &ClientAddress, limits: FailureLimits) -> Vec<Claim> {
+        let email = Email::parse("t@example.com").unwrap();
+        let mut outcomes = Vec::new();
+        for now in 1..=4 {
+            outcomes.push(
+                store
+                    .claim_login_attempt(&email, client, limits, now)
+                    .await
+                    .unwrap(),
+            );
+        }
+        outcomes
+    }
+
+    #[tokio::test]
+    async fn attempts_are_claimed_up_to_the_limit_per_client_address() {
+        let store = store().await;
+        let here = ClientAddress::from_call(Some("192.0.2.1"), None);
+        let there = ClientAddress::from_call(Some("192.0.2.2"), None);
+        let refused = Claim::Refused { oldest_failure: 1 };
+        assert_eq!(
+            claims(&store, &here, limits(2, 50)).await,
+            [Claim::Claimed, Claim::Claimed, refused.clone(), refused]
+        );
+        // Another address has a count of its own.
+        assert_eq!(
+            claims(&store, &there, limits(2, 50)).await[0],
+            Claim::Claimed
+        );
+        // A success clears its own address only.
+        let email = Email::parse("t@example.com").unwrap();
+        store.clear_failures(&email, &there).await.unwrap();
+        assert_eq!(
+            claims(&store, &there, limits(2, 50)).await[0],
+            Claim::Claimed
+        );
+        assert_ne!(
+            claims(&store, &here, limits(2, 50)).await[0],
+            Claim::Claimed
+        );
+    }
+
+    #[tokio::test]
+    async fn the_per_email_ceiling_refuses_even_a_fresh_address() {
+        let store = store().await;
+        let first = ClientAddress::from_call(Some("192.0.2.1"), None);
+        let second = ClientAddress::from_call(Some("192.0.2.2"), None);
+        let fresh = ClientAddress::from_call(Some("192.0.2.3"), None);
+        claims(&store, &first, limits(2, 4)).await;
+        claims(&store, &second, limits(2, 4)).await;
+        assert_eq!(
+            claims(&store, &fresh, limits(2, 4)).await[0],
+            Claim::Refused { oldest_failure: 1 }
+        );
     }
 }

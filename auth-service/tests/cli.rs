@@ -23,6 +23,8 @@ fn help_lists_every_environment_variable() {
         "LOGIN_MAX_FAILURES",
         "LOGIN_FAILURE_WINDOW_SECONDS",
         "TOKEN_PURGE_INTERVAL_SECONDS",
+        "JWT_KEY_ACTIVATION_DELAY_SECONDS",
+        "rotate-key",
     ] {
         assert!(
             help.contains(variable),
@@ -50,18 +52,62 @@ fn bad_settings_fail_with_a_message_naming_them() {
 }
 
 #[test]
-fn a_short_jwt_secret_stops_the_service_at_start() {
+fn an_empty_or_short_jwt_secret_stops_the_service_at_start_naming_it() {
     let data = tempfile::tempdir().unwrap();
+    for value in ["", "short-but-secret-value"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_auth-service"))
+            .env("DATA_DIR", data.path())
+            .env("AUTH_LISTEN", "127.0.0.1:0")
+            .env("JWT_SECRET", value)
+            .output()
+            .unwrap();
+        assert!(
+            !output.status.success(),
+            "JWT_SECRET={value:?} was accepted"
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("JWT_SECRET"), "{stderr}");
+        assert!(
+            stderr.contains("at least 32") || stderr.contains("empty"),
+            "{stderr}"
+        );
+        if !value.is_empty() {
+            assert!(
+                !stderr.contains(value),
+                "the refusal echoes the secret: {stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_truncated_signing_key_file_stops_the_service_naming_the_file() {
+    let data = tempfile::tempdir().unwrap();
+    let key = data.path().join("jwt-ed25519.pem");
+    std::fs::write(&key, "").unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_auth-service"))
+        .env_remove("JWT_SECRET")
+        .env_remove("JWT_PRIVATE_KEY_PATH")
         .env("DATA_DIR", data.path())
         .env("AUTH_LISTEN", "127.0.0.1:0")
-        .env("JWT_SECRET", "short")
         .output()
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("JWT_SECRET must be at least 32 bytes"),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&key.display().to_string()), "{stderr}");
+    assert!(stderr.contains("empty or truncated"), "{stderr}");
+}
+
+#[test]
+fn rotate_key_refuses_in_shared_secret_mode() {
+    let data = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_auth-service"))
+        .arg("rotate-key")
+        .env("DATA_DIR", data.path())
+        .env("JWT_SECRET", "an-hs256-secret-of-at-least-32-bytes!")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("JWT_SECRET is set"), "{stderr}");
 }

@@ -6,6 +6,12 @@
 //! (`JWT_SECRET`) is the compatibility mode. Either way the verifier pins exactly one
 //! algorithm, so `none`, HS256-signed-with-the-public-key and other confusions fail
 //! before any signature is checked, and `exp`, `iss` and `aud` are mandatory.
+//!
+//! A token naming an unknown kid costs its verifier at most one `GetPublicKeys` per
+//! [`MIN_REFETCH_INTERVAL`] (one per [`RETRY_AFTER_FAILURE`] while auth-service cannot
+//! answer), each bounded by [`FETCH_TIMEOUT`]: a flood of forged kids becomes neither a
+//! flood of fetches nor calls that hang. This is also why auth-service publishes a
+//! rotated key well before signing with it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,11 +34,17 @@ pub const AUDIENCE: &str = "strongbox";
 /// The JWS name of Ed25519 signatures, as published by `GetPublicKeys`.
 pub const EDDSA: &str = "EdDSA";
 /// Clock skew tolerated on `exp` and `nbf`. The services share a host or a compose
-/// network, so a few seconds is plenty.
-const LEEWAY_SECONDS: u64 = 5;
+/// network, so a few seconds is plenty. A token verifies up to this long after its `exp`.
+pub const LEEWAY_SECONDS: u64 = 5;
 /// An unknown kid triggers at most one key refetch per this interval, so a flood of
 /// forged kids cannot turn into a flood of calls to auth-service.
-const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(5);
+pub const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(5);
+/// After a fetch that failed, the next may come sooner: auth-service may just have
+/// started, and every token fails until the keys arrive.
+pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+/// The longest one key fetch may take, connecting included; calls waiting on it fail
+/// with UNAVAILABLE after that rather than hang.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The claims of a Strongbox access token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -122,7 +134,24 @@ enum KeyRing {
 
 struct KeySource {
     client: AuthServiceClient<Channel>,
-    last_fetch: Mutex<Option<Instant>>,
+    last_fetch: Mutex<Option<LastFetch>>,
+}
+
+/// When keys were last asked for, and whether they came.
+struct LastFetch {
+    at: Instant,
+    failure: Option<Status>,
+}
+
+impl LastFetch {
+    /// Whether another fetch is allowed yet.
+    fn is_recent(&self) -> bool {
+        let interval = match self.failure {
+            None => MIN_REFETCH_INTERVAL,
+            Some(_) => RETRY_AFTER_FAILURE,
+        };
+        self.at.elapsed() < interval
+    }
 }
 
 /// Verifies access tokens. Cheap to clone.
@@ -164,6 +193,18 @@ impl Verifier {
     fn from_ring(ring: KeyRing) -> Self {
         Self {
             ring: Arc::new(ring),
+        }
+    }
+
+    /// Replaces the Ed25519 keys of a verifier made by [`Verifier::ed25519`] (auth-service
+    /// keeps its own verifier in step with its key set this way). No effect on a
+    /// shared-secret verifier.
+    pub async fn replace_ed25519_keys(&self, keys: impl IntoIterator<Item = (String, [u8; 32])>) {
+        if let KeyRing::Published { keys: current, .. } = &*self.ring {
+            *current.write().await = keys
+                .into_iter()
+                .map(|(kid, raw)| (kid, ed25519_key(&raw)))
+                .collect();
         }
     }
 
@@ -225,20 +266,41 @@ impl Verifier {
 
 impl KeySource {
     /// Replaces the key set with auth-service's current one, unless another caller
-    /// just did.
+    /// just did (or just tried: then its failure is the answer). Callers that arrive
+    /// during a fetch wait for it, at most [`FETCH_TIMEOUT`].
     async fn refetch(&self, keys: &RwLock<HashMap<String, DecodingKey>>) -> Result<(), TokenError> {
         let mut last_fetch = self.last_fetch.lock().await;
-        if last_fetch.is_some_and(|at| at.elapsed() < MIN_REFETCH_INTERVAL) {
-            return Ok(());
+        if let Some(last) = last_fetch.as_ref().filter(|last| last.is_recent()) {
+            return match &last.failure {
+                None => Ok(()),
+                Some(status) => Err(TokenError::KeysUnavailable(status.clone())),
+            };
         }
-        let response = self
-            .client
-            .clone()
-            .get_public_keys(GetPublicKeysRequest {})
+        let fetched = self.fetch().await;
+        *last_fetch = Some(LastFetch {
+            at: Instant::now(),
+            failure: fetched.as_ref().err().cloned(),
+        });
+        let fresh = fetched.map_err(TokenError::KeysUnavailable)?;
+        tracing::info!(keys = fresh.len(), "fetched token verification keys");
+        *keys.write().await = fresh;
+        Ok(())
+    }
+
+    /// One `GetPublicKeys`, bounded by [`FETCH_TIMEOUT`].
+    async fn fetch(&self) -> Result<HashMap<String, DecodingKey>, Status> {
+        let mut request = tonic::Request::new(GetPublicKeysRequest {});
+        request.set_timeout(FETCH_TIMEOUT);
+        let mut client = self.client.clone();
+        let response = tokio::time::timeout(FETCH_TIMEOUT, client.get_public_keys(request))
             .await
-            .map_err(TokenError::KeysUnavailable)?
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "GetPublicKeys did not answer within {FETCH_TIMEOUT:?}"
+                ))
+            })??
             .into_inner();
-        let fresh: HashMap<_, _> = response
+        Ok(response
             .keys
             .into_iter()
             .filter(|key| key.alg == EDDSA)
@@ -246,11 +308,7 @@ impl KeySource {
                 let raw: [u8; 32] = key.public_key.as_ref().try_into().ok()?;
                 Some((key.kid, ed25519_key(&raw)))
             })
-            .collect();
-        tracing::info!(keys = fresh.len(), "fetched token verification keys");
-        *keys.write().await = fresh;
-        *last_fetch = Some(Instant::now());
-        Ok(())
+            .collect())
     }
 }
 
@@ -281,4 +339,153 @@ fn decode(token: &str, key: &DecodingKey, algorithm: Algorithm) -> Result<Claims
                 _ => TokenError::Invalid("malformed"),
             }
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use jsonwebtoken::{EncodingKey, Header};
+    use strongbox_proto::auth::v1::auth_service_server::{AuthService, AuthServiceServer};
+    use strongbox_proto::auth::v1::*;
+    use tonic::{Request, Response};
+
+    use super::*;
+
+    /// An auth-service that only counts `GetPublicKeys` calls and publishes no keys.
+    #[derive(Default)]
+    struct CountingKeys {
+        calls: Arc<AtomicUsize>,
+    }
+
+    type Answer<T> = Result<Response<T>, Status>;
+
+    #[tonic::async_trait]
+    impl AuthService for CountingKeys {
+        async fn register(&self, _: Request<RegisterRequest>) -> Answer<RegisterResponse> {
+            Err(Status::unimplemented("test"))
+        }
+        async fn login(&self, _: Request<LoginRequest>) -> Answer<LoginResponse> {
+            Err(Status::unimplemented("test"))
+        }
+        async fn refresh(&self, _: Request<RefreshRequest>) -> Answer<RefreshResponse> {
+            Err(Status::unimplemented("test"))
+        }
+        async fn logout(&self, _: Request<LogoutRequest>) -> Answer<LogoutResponse> {
+            Err(Status::unimplemented("test"))
+        }
+        async fn logout_all(&self, _: Request<LogoutAllRequest>) -> Answer<LogoutAllResponse> {
+            Err(Status::unimplemented("test"))
+        }
+        async fn me(&self, _: Request<MeRequest>) -> Answer<MeResponse> {
+            Err(Status::unimplemented("test"))
+        }
+        async fn get_public_keys(
+            &self,
+            _: Request<GetPublicKeysRequest>,
+        ) -> Answer<GetPublicKeysResponse> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Ok(Response::new(GetPublicKeysResponse { keys: Vec::new() }))
+        }
+    }
+
+    async fn lazy_channel(listener: &tokio::net::TcpListener) -> Channel {
+        let addr = listener.local_addr().unwrap();
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy()
+    }
+
+    /// A well-formed EdDSA token naming `kid`, signed by a key nobody publishes.
+    fn forged_token(kid: &str) -> String {
+        // PKCS#8 v1 DER of an Ed25519 private key: a fixed prefix, then the 32-byte seed.
+        let mut der = vec![
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        der.extend([7u8; 32]);
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(kid.to_owned());
+        let now = 2_000_000_000;
+        let claims = Claims {
+            sub: Uuid::new_v4().to_string(),
+            exp: now,
+            iat: now,
+            nbf: 0,
+            jti: Uuid::new_v4().to_string(),
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+        };
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(&der)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_forged_kids_costs_one_key_fetch_per_interval() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let channel = lazy_channel(&listener).await;
+        let service = CountingKeys::default();
+        let calls = service.calls.clone();
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(AuthServiceServer::new(service))
+                .serve_with_incoming(incoming),
+        );
+
+        let verifier = Verifier::from_auth_service(channel);
+        let burst = (0..200).map(|n| {
+            let verifier = verifier.clone();
+            let token = forged_token(&format!("forged-{n}"));
+            tokio::spawn(async move { verifier.verify(&token).await })
+        });
+        for outcome in futures_join(burst).await {
+            assert!(
+                matches!(outcome, Err(TokenError::UnknownKey)),
+                "{outcome:?}"
+            );
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_key_fetch_that_never_answers_fails_within_the_timeout() {
+        // Accepts connections and never says a word: not even the HTTP/2 handshake.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let channel = lazy_channel(&listener).await;
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+
+        let verifier = Verifier::from_auth_service(channel);
+        let started = Instant::now();
+        let first = verifier.verify(&forged_token("a")).await;
+        assert!(
+            matches!(first, Err(TokenError::KeysUnavailable(_))),
+            "{first:?}"
+        );
+        assert!(started.elapsed() < FETCH_TIMEOUT + Duration::from_secs(1));
+        // Within the retry interval the failure is the answer, at once.
+        let again = Instant::now();
+        let second = verifier.verify(&forged_token("b")).await;
+        assert!(
+            matches!(second, Err(TokenError::KeysUnavailable(_))),
+            "{second:?}"
+        );
+        assert!(again.elapsed() < Duration::from_millis(100));
+        silent.abort();
+    }
+
+    async fn futures_join<T: Send + 'static>(
+        tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+    ) -> Vec<T> {
+        let mut results = Vec::new();
+        for task in tasks.collect::<Vec<_>>() {
+            results.push(task.await.unwrap());
+        }
+        results
+    }
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use strongbox_common::config::{Command, DataDirArgs};
+use strongbox_common::config::{Command, DataDirArgs, Secret};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -80,9 +80,10 @@ pub struct Config {
     )]
     pub auth_service_url: String,
 
-    /// Shared HS256 secret; when set, tokens are verified with it instead of auth-service's keys.
+    /// Shared HS256 secret (at least 32 bytes); when set, tokens are verified with it
+    /// instead of auth-service's keys.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
 
     /// Largest file accepted, in bytes.
     #[arg(long, env = "MAX_UPLOAD_BYTES", default_value_t = 5 * 1024 * MIB)]
@@ -131,10 +132,10 @@ pub struct Config {
     #[arg(long, env = "PUBLIC_BASE_URL", default_value = "http://localhost:8000")]
     pub public_base_url: String,
 
-    /// Key that signs the local backend's download links [default: generated into
-    /// <DATA_DIR>/download-links.key].
+    /// Key that signs the local backend's download links, at least 32 bytes
+    /// [default: generated into <DATA_DIR>/download-links.key].
     #[arg(long, env = "DOWNLOAD_URL_SECRET", hide_env_values = true)]
-    pub download_url_secret: Option<String>,
+    pub download_url_secret: Option<Secret>,
 }
 
 impl Config {

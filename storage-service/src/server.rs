@@ -79,7 +79,7 @@ async fn build(config: &Config) -> Result<Storage, StorageError> {
         ))
     })?;
     let link_secret = match &config.download_url_secret {
-        Some(secret) => secret.clone(),
+        Some(secret) => secret.expose().to_owned(),
         None => secrets::read_or_create(&config.download_secret_path(), || {
             Ok(hex::encode(secrets::random_bytes::<32>()?))
         })

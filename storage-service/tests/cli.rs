@@ -178,3 +178,61 @@ async fn an_unreachable_s3_endpoint_stops_the_service_at_start_naming_endpoint_a
         "the output leaks a presigned URL:\n{said}"
     );
 }
+
+/// Runs storage-service on the local backend with `settings`, expecting it to refuse to
+/// start, and returns what it printed.
+async fn refused_with(dir: &Path, settings: &[(&str, &str)]) -> String {
+    let mut command = storage_service(dir);
+    command
+        .env("STORAGE_LISTEN", "127.0.0.1:0")
+        .env("DATA_DIR", dir.join("data"))
+        .env("AUTH_SERVICE_URL", "http://127.0.0.1:1")
+        .envs(settings.iter().copied());
+    let output = run(command).await;
+    let said = printed(&output);
+    assert!(
+        !output.status.success(),
+        "storage-service started with {settings:?}:\n{said}"
+    );
+    said
+}
+
+#[tokio::test]
+async fn empty_or_short_secrets_stop_the_service_naming_the_variable_not_the_value() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let good = "a-download-link-secret-of-32-bytes-or-more";
+    for (variable, value) in [
+        ("JWT_SECRET", ""),
+        ("JWT_SECRET", "short-jwt-secret"),
+        ("DOWNLOAD_URL_SECRET", ""),
+        ("DOWNLOAD_URL_SECRET", "short"),
+    ] {
+        let other = if variable == "JWT_SECRET" {
+            "DOWNLOAD_URL_SECRET"
+        } else {
+            "JWT_SECRET"
+        };
+        let said = refused_with(dir.path(), &[(variable, value), (other, good)]).await;
+        assert!(
+            said.contains(variable),
+            "{variable}={value:?}: the refusal should name it:\n{said}"
+        );
+        if !value.is_empty() {
+            assert!(
+                !said.contains(value),
+                "the refusal echoes {variable}:\n{said}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_truncated_download_link_key_file_stops_the_service_naming_the_file() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let key = dir.path().join("data/download-links.key");
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    std::fs::write(&key, "").unwrap();
+    let said = refused_with(dir.path(), &[("JWT_SECRET", SECRETS[1].1)]).await;
+    assert!(said.contains(&key.display().to_string()), "{said}");
+    assert!(said.contains("empty or truncated"), "{said}");
+}

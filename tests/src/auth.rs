@@ -84,3 +84,14 @@ pub fn with_bearer<T>(message: T, token: &str) -> Request<T> {
     );
     request
 }
+
+/// Wraps `message` in a request that says it comes from client `address`, as the gateway
+/// does (`x-strongbox-client-address`), for tests that call auth-service directly.
+pub fn from_address<T>(message: T, address: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        strongbox_common::server::CLIENT_ADDRESS_HEADER,
+        address.parse().expect("an ASCII address"),
+    );
+    request
+}

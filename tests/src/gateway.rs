@@ -29,11 +29,21 @@ impl System {
         adjust_storage: impl FnOnce(&mut storage_service::Config),
         adjust: impl FnOnce(&mut gateway::Config),
     ) -> Self {
+        Self::start_adjusted(backend, |_| {}, adjust_storage, adjust).await
+    }
+
+    /// The system with every service's settings adjusted.
+    pub async fn start_adjusted(
+        backend: Backend,
+        adjust_auth: impl FnOnce(&mut auth_service::Config),
+        adjust_storage: impl FnOnce(&mut storage_service::Config),
+        adjust: impl FnOnce(&mut gateway::Config),
+    ) -> Self {
         // The gateway's address must be known first: storage-service signs local
         // download links for it.
         let listener = reserve_port(0);
         let gateway_url = format!("http://{}", listener.local_addr().expect("an address"));
-        let stack = Stack::start(backend, |config| {
+        let stack = Stack::start_with_auth(backend, adjust_auth, |config| {
             config.public_base_url = gateway_url.clone();
             adjust_storage(config);
         })

@@ -43,9 +43,18 @@ impl Stack {
         backend: Backend,
         adjust: impl FnOnce(&mut storage_service::Config),
     ) -> Self {
+        Self::start_with_auth(backend, |_| {}, adjust).await
+    }
+
+    /// Like [`Stack::start`], with auth-service's settings adjusted too.
+    pub async fn start_with_auth(
+        backend: Backend,
+        adjust_auth: impl FnOnce(&mut auth_service::Config),
+        adjust: impl FnOnce(&mut storage_service::Config),
+    ) -> Self {
         strongbox_common::telemetry::init();
         let dir = Scratch::new();
-        let auth = TestAuth::start_in(&dir, |_| {});
+        let auth = TestAuth::start_in(&dir, adjust_auth);
         let s3 = (backend == Backend::S3).then(|| TestS3::start(&dir));
         let mut config = storage_service::Config::with_data_dir(dir.join("storage"));
         config.auth_service_url = auth.service.url();

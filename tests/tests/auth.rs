@@ -1,7 +1,7 @@
 //! auth-service, black-box: a real server on a loopback port with a real SQLite file,
 //! driven through the generated gRPC client.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -10,10 +10,10 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use strongbox_common::jwt::{self, Claims};
 use strongbox_proto::auth::v1::{
     GetPublicKeysRequest, LoginRequest, LogoutAllRequest, LogoutRequest, MeRequest, RefreshRequest,
-    RegisterRequest,
+    RegisterRequest, TokenPair,
 };
 use strongbox_tests::Scratch;
-use strongbox_tests::auth::{PASSWORD, TestAuth, with_bearer};
+use strongbox_tests::auth::{PASSWORD, TestAuth, from_address, with_bearer};
 use tonic::Code;
 
 fn register(email: &str, password: &str) -> RegisterRequest {
@@ -273,9 +273,37 @@ async fn failed_logins_are_throttled_per_email_and_reset_by_success() {
 }
 
 #[tokio::test]
-async fn concurrent_refreshes_of_one_token_let_exactly_one_through() {
+async fn concurrent_refreshes_of_one_token_rotate_it_once() {
+    // Within the reuse interval the losers of the race are retries: they get the
+    // winner's successor, so the client ends up with one session, not a revoked one.
     let data = Scratch::new();
     let auth = TestAuth::start_in(&data, |_| {});
+    let tokens = auth.register_and_login("heidi@example.com").await;
+
+    let attempts = (0..8).map(|_| {
+        let mut client = auth.client();
+        let request = refresh(&tokens.refresh_token);
+        async move { client.refresh(request).await }
+    });
+    let successors: Vec<String> = join_all(attempts)
+        .await
+        .into_iter()
+        .map(|result| result.unwrap().into_inner().tokens.unwrap().refresh_token)
+        .collect();
+    assert!(
+        successors.iter().all(|token| *token == successors[0]),
+        "{successors:?}"
+    );
+    auth.client()
+        .refresh(refresh(&successors[0]))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn without_a_reuse_interval_concurrent_refreshes_let_exactly_one_through() {
+    let data = Scratch::new();
+    let auth = TestAuth::start_in(&data, |config| config.refresh_reuse_interval_seconds = 0);
     let tokens = auth.register_and_login("heidi@example.com").await;
 
     let attempts = (0..8).map(|_| {
@@ -445,7 +473,12 @@ async fn logins_hash_off_the_async_workers() {
     // One worker thread and real-cost bcrypt: if hashing ran on the worker, `Me` would
     // queue behind the logins. It must finish while they are still hashing.
     let data = Scratch::new();
-    let auth = TestAuth::start_with_workers(&data, 1, |config| config.bcrypt_rounds = 12);
+    // A queue long enough for every login: this test is about where hashing runs, not
+    // about how many may wait.
+    let auth = TestAuth::start_with_workers(&data, 1, |config| {
+        config.bcrypt_rounds = 12;
+        config.password_hash_queue = Some(8);
+    });
     let tokens = auth.register_and_login("niaj@example.com").await;
 
     let logins: Vec<_> = (0..4)
@@ -466,6 +499,286 @@ async fn logins_hash_off_the_async_workers() {
     );
     for login in logins {
         login.await.unwrap().unwrap();
+    }
+}
+
+// ---- load shedding and failed-login throttling -------------------------------------
+
+fn retry_after(status: &tonic::Status) -> u64 {
+    status
+        .metadata()
+        .get("retry-after")
+        .unwrap_or_else(|| panic!("no retry-after on {status:?}"))
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_login_flood_is_refused_at_once_while_other_calls_go_through() {
+    // Real-cost bcrypt and the default queue: two cores hash two logins at a time and
+    // let about as many wait; the rest of 40 must be refused, not queued.
+    let data = Scratch::new();
+    let auth = TestAuth::start_in(&data, |config| config.bcrypt_rounds = 12);
+    let tokens = auth.register_and_login("olga@example.com").await;
+
+    let flood: Vec<_> = (0..40)
+        .map(|index| {
+            let mut client = auth.client();
+            let request = login(&format!("flood-{index}@example.com"), "wrong password");
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let outcome = client.login(request).await;
+                (outcome, started.elapsed())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    // Cheap calls of a well-behaved user do not wait behind the hashing.
+    let mut client = auth.client();
+    let during = tokio::time::timeout(Duration::from_secs(5), async {
+        client
+            .me(with_bearer(MeRequest {}, &tokens.access_token))
+            .await
+            .unwrap();
+        client
+            .refresh(refresh(&tokens.refresh_token))
+            .await
+            .unwrap();
+    })
+    .await;
+    assert!(during.is_ok(), "Me and Refresh waited behind the flood");
+
+    let mut refused = 0;
+    for call in flood {
+        let (outcome, took) = call.await.unwrap();
+        assert!(took < Duration::from_secs(5), "a login waited {took:?}");
+        let status = outcome.unwrap_err();
+        match status.code() {
+            Code::Unauthenticated => {}
+            Code::Unavailable => {
+                refused += 1;
+                assert!(
+                    status.message().contains("busy checking passwords")
+                        && status.message().contains("try again in"),
+                    "{}",
+                    status.message()
+                );
+                assert!((1..=60).contains(&retry_after(&status)));
+            }
+            other => panic!("unexpected {other:?}: {status:?}"),
+        }
+    }
+    assert!(refused > 0, "no login of the flood was refused");
+    // Once the flood is answered, logins are admitted again.
+    auth.login("olga@example.com").await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_wrong_passwords_check_at_most_the_limit() {
+    // A queue long enough for all: what stops the guesses here is the throttle alone.
+    let data = Scratch::new();
+    let auth = TestAuth::start_in(&data, |config| {
+        config.login_max_failures = 5;
+        config.password_hash_queue = Some(64);
+    });
+    auth.register_and_login("pia@example.com").await;
+
+    let guesses = (0..40).map(|_| {
+        let mut client = auth.client();
+        async move {
+            client
+                .login(login("pia@example.com", "wrong password"))
+                .await
+        }
+    });
+    let results = join_all(guesses).await;
+    let checked = results
+        .iter()
+        .filter(|result| {
+            result
+                .as_ref()
+                .is_err_and(|s| s.code() == Code::Unauthenticated)
+        })
+        .count();
+    assert_eq!(checked, 5, "{results:?}");
+    for result in &results {
+        let status = result.as_ref().unwrap_err();
+        if status.code() != Code::Unauthenticated {
+            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+            assert!((1..=900).contains(&retry_after(status)));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stranger_elsewhere_cannot_lock_the_owner_out() {
+    let data = Scratch::new();
+    let auth = TestAuth::start_in(&data, |config| config.login_max_failures = 3);
+    let mut client = auth.client();
+    auth.register_and_login("quentin@example.com").await;
+
+    let stranger = "198.51.100.7";
+    for _ in 0..3 {
+        let status = client
+            .login(from_address(
+                login("quentin@example.com", "guess 123"),
+                stranger,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+    }
+    // The stranger's address is throttled, even with the right password...
+    let throttled = client
+        .login(from_address(
+            login("quentin@example.com", PASSWORD),
+            stranger,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(throttled.code(), Code::ResourceExhausted);
+    retry_after(&throttled);
+    // ...the owner, from another address, is not...
+    client
+        .login(from_address(
+            login("quentin@example.com", PASSWORD),
+            "203.0.113.9",
+        ))
+        .await
+        .unwrap();
+    // ...and the owner's success does not lift the stranger's throttle.
+    let still = client
+        .login(from_address(
+            login("quentin@example.com", PASSWORD),
+            stranger,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(still.code(), Code::ResourceExhausted);
+}
+
+#[tokio::test]
+async fn the_per_email_ceiling_throttles_even_a_fresh_address() {
+    let data = Scratch::new();
+    let auth = TestAuth::start_in(&data, |config| {
+        config.login_max_failures = 2;
+        config.login_max_failures_per_email = 5;
+    });
+    let mut client = auth.client();
+    auth.register_and_login("rosa@example.com").await;
+
+    // Five failures spread over three addresses, none of them throttled on its own.
+    for address in [
+        "192.0.2.1",
+        "192.0.2.1",
+        "192.0.2.2",
+        "192.0.2.2",
+        "192.0.2.3",
+    ] {
+        let status = client
+            .login(from_address(
+                login("rosa@example.com", "guess 123"),
+                address,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "from {address}");
+    }
+    let fresh = client
+        .login(from_address(
+            login("rosa@example.com", PASSWORD),
+            "192.0.2.4",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(fresh.code(), Code::ResourceExhausted);
+    assert!((1..=900).contains(&retry_after(&fresh)));
+}
+
+// ---- retried refreshes ----------------------------------------------------------------
+
+async fn rotate(auth: &TestAuth, token: &str) -> Result<TokenPair, tonic::Status> {
+    let response = auth.client().refresh(refresh(token)).await?;
+    Ok(response.into_inner().tokens.expect("a token pair"))
+}
+
+#[tokio::test]
+async fn a_retried_refresh_gets_the_same_successor() {
+    let data = Scratch::new();
+    let auth = TestAuth::start_in(&data, |_| {});
+    let first = auth.register_and_login("sven@example.com").await;
+
+    let answer = rotate(&auth, &first.refresh_token).await.unwrap();
+    // The answer was lost; the client retries with the token it still holds.
+    let retried = rotate(&auth, &first.refresh_token).await.unwrap();
+    assert_eq!(retried.refresh_token, answer.refresh_token);
+    for access in [&answer.access_token, &retried.access_token] {
+        auth.client()
+            .me(with_bearer(MeRequest {}, access))
+            .await
+            .unwrap();
+    }
+    // One session: the successor rotates as usual, once.
+    let next = rotate(&auth, &retried.refresh_token).await.unwrap();
+    assert_ne!(next.refresh_token, retried.refresh_token);
+    rotate(&auth, &next.refresh_token).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_refresh_presented_again_after_the_interval_revokes_the_family() {
+    let data = Scratch::new();
+    let auth = TestAuth::start_in(&data, |config| config.refresh_reuse_interval_seconds = 1);
+    let first = auth.register_and_login("tara@example.com").await;
+    let successor = rotate(&auth, &first.refresh_token).await.unwrap();
+
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let late = rotate(&auth, &first.refresh_token).await.unwrap_err();
+    assert_eq!(late.code(), Code::Unauthenticated);
+    assert!(
+        late.message().contains("already used"),
+        "{}",
+        late.message()
+    );
+    let refused = rotate(&auth, &successor.refresh_token).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn a_refresh_presented_again_after_its_successor_was_used_revokes_the_family() {
+    let data = Scratch::new();
+    let auth = TestAuth::start_in(&data, |_| {});
+    let first = auth.register_and_login("ulla@example.com").await;
+    let second = rotate(&auth, &first.refresh_token).await.unwrap();
+    let third = rotate(&auth, &second.refresh_token).await.unwrap();
+
+    // Well within the interval, but the successor is spent: this is a replay.
+    let replay = rotate(&auth, &first.refresh_token).await.unwrap_err();
+    assert_eq!(replay.code(), Code::Unauthenticated);
+    assert!(
+        replay.message().contains("already used"),
+        "{}",
+        replay.message()
+    );
+    let refused = rotate(&auth, &third.refresh_token).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn a_short_refresh_token_key_file_stops_the_service_with_its_name() {
+    // Too short for any secret file; then long enough for one, but only 20 bytes of key.
+    for short in ["00112233", &"ab".repeat(20)] {
+        let data = Scratch::new();
+        std::fs::write(data.join("refresh-token-key"), short).unwrap();
+        let mut auth = TestAuth::start_in(&data, |_| {});
+        let err = auth.service.stop().await.unwrap_err();
+        assert!(err.contains("refresh-token-key"), "{err}");
+        assert!(
+            err.contains("too short") || err.contains("fewer than"),
+            "{err}"
+        );
     }
 }
 
@@ -626,7 +939,9 @@ async fn forged_and_stale_access_tokens_are_rejected() {
 async fn shared_secret_mode_signs_hs256_and_publishes_no_keys() {
     let data = Scratch::new();
     let secret = "an-hs256-secret-of-at-least-32-bytes!";
-    let auth = TestAuth::start_in(&data, |config| config.jwt_secret = Some(secret.into()));
+    let auth = TestAuth::start_in(&data, |config| {
+        config.jwt_secret = Some(secret.parse().unwrap())
+    });
     let mut client = auth.client();
     let tokens = auth.register_and_login("peggy@example.com").await;
 

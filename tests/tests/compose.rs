@@ -2,7 +2,10 @@
 //! service is one that service's configuration declares, its addresses and ports line
 //! up, and the three real binaries, started with exactly its environment (service names
 //! mapped to loopback, MinIO played by a real S3 server), come up healthy through their
-//! own `healthcheck` subcommand and complete an upload.
+//! own `healthcheck` subcommand and complete an upload. It also holds the file to its
+//! security rules: no credential has a default, MinIO is published on 127.0.0.1 only,
+//! and storage-service uses its own bucket-limited MinIO user, made by a one-shot init
+//! service it waits for.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,9 +32,10 @@ fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The compose file, with `${VAR:-default}` resolved from `.env.example` (the README's
-/// setup copies it to `.env`), else from the default.
+/// The compose file, with `${VAR:-default}` and `${VAR:?message}` resolved from
+/// `.env.example` (the README's setup copies it to `.env`), else from the default.
 struct Compose {
+    text: String,
     root: Yaml,
     dotenv: BTreeMap<String, String>,
 }
@@ -44,7 +48,7 @@ impl Compose {
             .unwrap()
             .map(Result::unwrap)
             .collect();
-        Self { root, dotenv }
+        Self { text, root, dotenv }
     }
 
     fn service(&self, name: &str) -> &Yaml {
@@ -80,7 +84,10 @@ impl Compose {
         else {
             return raw.to_owned();
         };
-        let (variable, default) = inner.split_once(":-").unwrap_or((inner, ""));
+        let (variable, default) = inner
+            .split_once(":-")
+            .or_else(|| inner.split_once(":?").map(|(variable, _)| (variable, "")))
+            .unwrap_or((inner, ""));
         self.dotenv
             .get(variable)
             .cloned()
@@ -159,7 +166,7 @@ fn addresses_ports_credentials_and_healthchecks_line_up() {
     assert!(
         compose
             .strings("minio", "ports")
-            .contains(&"9000:9000".to_owned())
+            .contains(&"127.0.0.1:9000:9000".to_owned())
     );
     assert_eq!(
         storage["STORAGE_PUBLIC_ENDPOINT"], "http://localhost:9000",
@@ -175,8 +182,12 @@ fn addresses_ports_credentials_and_healthchecks_line_up() {
         storage["PUBLIC_BASE_URL"],
         format!("http://localhost:{gateway_port}")
     );
-    assert_eq!(minio["MINIO_ROOT_USER"], storage["STORAGE_ACCESS_KEY"]);
-    assert_eq!(minio["MINIO_ROOT_PASSWORD"], storage["STORAGE_SECRET_KEY"]);
+    let init = compose.environment("minio-init");
+    assert_eq!(init["MINIO_ROOT_USER"], minio["MINIO_ROOT_USER"]);
+    assert_eq!(init["MINIO_ROOT_PASSWORD"], minio["MINIO_ROOT_PASSWORD"]);
+    assert_eq!(init["STORAGE_ACCESS_KEY"], storage["STORAGE_ACCESS_KEY"]);
+    assert_eq!(init["STORAGE_SECRET_KEY"], storage["STORAGE_SECRET_KEY"]);
+    assert_eq!(init["STORAGE_BUCKET"], storage["STORAGE_BUCKET"]);
 
     for service in SERVICES {
         let test = compose.strings_in(service, "healthcheck", "test");
@@ -350,4 +361,142 @@ fn the_readme_documents_every_variable() {
             );
         }
     }
+}
+
+/// Every `${…}` compose interpolates (a `$${…}` is the container's, not compose's).
+fn interpolations(text: &str) -> Vec<&str> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let escaped = rest[..start].ends_with('$');
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .expect("an unclosed ${ in docker-compose.yml");
+        if !escaped {
+            found.push(&after[..end]);
+        }
+        rest = &after[end..];
+    }
+    found
+}
+
+/// Names that hold credentials, whatever the service.
+fn is_credential(variable: &str) -> bool {
+    ["SECRET", "PASSWORD", "ACCESS_KEY", "ROOT_USER"]
+        .iter()
+        .any(|marker| variable.contains(marker))
+}
+
+#[test]
+fn no_credential_has_a_default() {
+    let compose = Compose::load();
+    let references = interpolations(&compose.text);
+    let credentials: Vec<_> = references
+        .iter()
+        .filter(|reference| is_credential(reference))
+        .collect();
+    assert!(
+        credentials.len() >= 4,
+        "expected MinIO's and storage-service's credentials: {references:?}"
+    );
+    for reference in credentials {
+        let (variable, message) = reference.split_once(":?").unwrap_or_else(|| {
+            panic!("${{{reference}}} must be ${{VAR:?message}}: no default credential")
+        });
+        assert!(
+            message.contains(variable),
+            "the message of ${{{reference}}} should name {variable}"
+        );
+    }
+    // And nothing credential-like is written into the file itself.
+    for service in [
+        "minio",
+        "minio-init",
+        "storage-service",
+        "auth-service",
+        "gateway",
+    ] {
+        for (variable, value) in compose.service(service)["environment"]
+            .as_hash()
+            .into_iter()
+            .flatten()
+        {
+            let (variable, value) = (variable.as_str().unwrap(), value.as_str().unwrap_or(""));
+            if is_credential(variable) {
+                assert!(
+                    value.starts_with("${") && value.contains(":?"),
+                    "{service}: {variable} is not taken from the environment: {value}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn minio_is_published_on_loopback_only() {
+    let compose = Compose::load();
+    let ports = compose.strings("minio", "ports");
+    assert!(
+        !ports.is_empty(),
+        "download URLs need MinIO's API published"
+    );
+    for port in &ports {
+        assert!(
+            port.starts_with("127.0.0.1:"),
+            "MinIO port {port} is published beyond 127.0.0.1"
+        );
+    }
+    assert!(
+        ports.contains(&"127.0.0.1:9001:9001".to_owned()),
+        "{ports:?}"
+    );
+}
+
+#[test]
+fn storage_service_uses_its_own_bucket_limited_user_made_by_an_init_service() {
+    let compose = Compose::load();
+    let minio = compose.environment("minio");
+    let storage = compose.environment("storage-service");
+    assert_ne!(
+        storage["STORAGE_ACCESS_KEY"], minio["MINIO_ROOT_USER"],
+        "storage-service must not use MinIO's root user"
+    );
+    let raw_access_key = compose.service("storage-service")["environment"]["STORAGE_ACCESS_KEY"]
+        .as_str()
+        .unwrap();
+    assert!(!raw_access_key.contains("MINIO_ROOT"), "{raw_access_key}");
+
+    let init = compose.service("minio-init");
+    assert!(
+        init["image"].as_str().unwrap().starts_with("minio/mc:"),
+        "the init service runs the mc client"
+    );
+    assert_eq!(
+        init["depends_on"]["minio"]["condition"].as_str(),
+        Some("service_healthy")
+    );
+    let script = compose.strings("minio-init", "command").join("\n");
+    for step in [
+        "mc alias set local http://minio:9000",
+        "mc mb --ignore-existing",
+        "mc admin policy create",
+        "mc admin user add local \"$$STORAGE_ACCESS_KEY\"",
+        "mc admin policy attach",
+        "arn:aws:s3:::$$STORAGE_BUCKET/*",
+    ] {
+        assert!(
+            script.contains(step),
+            "minio-init does not run `{step}`:\n{script}"
+        );
+    }
+    assert!(
+        !script.contains("arn:aws:s3:::*"),
+        "the policy must name storage-service's bucket, not every bucket"
+    );
+    assert_eq!(
+        compose.service("storage-service")["depends_on"]["minio-init"]["condition"].as_str(),
+        Some("service_completed_successfully"),
+        "storage-service waits until its user exists"
+    );
 }

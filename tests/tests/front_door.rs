@@ -17,8 +17,8 @@ use strongbox_proto::storage::v1::{
 };
 use strongbox_tests::auth::PASSWORD;
 use strongbox_tests::gateway::{System, start_gateway};
-use strongbox_tests::storage::{Backend, User, metadata, pseudo_random};
 use strongbox_tests::reserve_port;
+use strongbox_tests::storage::{Backend, User, metadata, pseudo_random};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tonic::transport::Channel;
@@ -88,10 +88,7 @@ async fn auth_calls_over_their_rate_are_refused_per_address_before_any_service_i
     greedy.register(registration("first")).await.unwrap();
     greedy.register(registration("second")).await.unwrap();
     let refused = registration("third");
-    assert_refused(
-        &greedy.register(refused.clone()).await.unwrap_err(),
-        1800,
-    );
+    assert_refused(&greedy.register(refused.clone()).await.unwrap_err(), 1800);
     // The refused registration never reached auth-service: the email is still free.
     system
         .stack
@@ -133,14 +130,23 @@ async fn forwarded_addresses_count_only_when_a_trusted_proxy_sends_them() {
         assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     }
     assert_refused(
-        &proxy.login(forwarded_for("198.51.100.1")).await.unwrap_err(),
+        &proxy
+            .login(forwarded_for("198.51.100.1"))
+            .await
+            .unwrap_err(),
         3600,
     );
     // From anyone else the header is the client's own claim, and changes nothing.
-    let status = stranger.login(forwarded_for("198.51.100.3")).await.unwrap_err();
+    let status = stranger
+        .login(forwarded_for("198.51.100.3"))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     assert_refused(
-        &stranger.login(forwarded_for("198.51.100.4")).await.unwrap_err(),
+        &stranger
+            .login(forwarded_for("198.51.100.4"))
+            .await
+            .unwrap_err(),
         3600,
     );
 }
@@ -166,7 +172,9 @@ async fn storage_calls_are_limited_per_user() {
     }
     assert_refused(&list(&alice).await.unwrap_err(), 1200);
     // Bob shares alice's address, not her budget.
-    list(&bob).await.expect("another user has a rate of their own");
+    list(&bob)
+        .await
+        .expect("another user has a rate of their own");
 }
 
 /// Uploads a file larger than every flow-control window on the way back, so a
@@ -213,7 +221,12 @@ async fn a_client_holding_200_unread_downloads_slows_no_one_else() {
     let channels: Vec<Channel> = (0..4).map(|_| system.channel_from(client(2))).collect();
     let held = unread_downloads(&hoarder, &key, &channels, 200).await;
     let opened = held.iter().filter(|download| download.is_ok()).count();
-    assert_eq!(opened, 200, "every download opens: {:?}", held.iter().find(|d| d.is_err()));
+    assert_eq!(
+        opened,
+        200,
+        "every download opens: {:?}",
+        held.iter().find(|d| d.is_err())
+    );
 
     let neighbour = system.user("neighbour").await;
     let channel = system.channel_from(client(3));
@@ -241,7 +254,11 @@ async fn a_client_holding_200_unread_downloads_slows_no_one_else() {
     )
     .await;
     assert_eq!(
-        health.expect("health answers").expect("health").into_inner().status(),
+        health
+            .expect("health answers")
+            .expect("health")
+            .into_inner()
+            .status(),
         ServingStatus::Serving
     );
     // Even a whole download of the same large file goes through meanwhile.
@@ -252,8 +269,7 @@ async fn a_client_holding_200_unread_downloads_slows_no_one_else() {
         .expect("the download keeps moving")
         .expect("a message")
     {
-        if let Some(download_response::Payload::Chunk(chunk)) = message.payload
-        {
+        if let Some(download_response::Payload::Chunk(chunk)) = message.payload {
             received += chunk.len();
         }
     }
@@ -387,12 +403,18 @@ async fn silent_slow_and_idle_connections_are_closed_while_new_clients_are_serve
             "silent connection {index} is still open"
         );
     }
-    assert!(closed_within(&mut slow, patience).await, "half a request keeps a connection");
+    assert!(
+        closed_within(&mut slow, patience).await,
+        "half a request keeps a connection"
+    );
     assert!(
         closed_within(&mut preface_only, patience).await,
         "an HTTP/2 preface alone keeps a connection"
     );
-    assert!(closed_within(&mut quiet, patience).await, "an idle connection stays open");
+    assert!(
+        closed_within(&mut quiet, patience).await,
+        "an idle connection stays open"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -476,4 +498,106 @@ async fn cors_star_allows_any_origin_without_credentials() {
     let headers = preflight.headers();
     assert_eq!(headers["access-control-allow-origin"], "*");
     assert!(!headers.contains_key("access-control-allow-credentials"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_throttled_per_address_so_the_owner_still_gets_in() {
+    let system = System::start_adjusted(
+        Backend::Local,
+        |auth| auth.login_max_failures = 3,
+        |_| {},
+        |_| {},
+    )
+    .await;
+    let owner = format!("owner-{}@example.com", uuid::Uuid::new_v4().simple());
+    system.stack.auth.register_and_login(&owner).await;
+    let guess = || LoginRequest {
+        email: owner.clone(),
+        password: "a wrong guess".into(),
+    };
+    let mut stranger = AuthServiceClient::new(system.channel_from(client(2)));
+    for _ in 0..3 {
+        let status = stranger.login(guess()).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
+    // auth-service throttles the stranger's address (the gateway let the call through:
+    // its own login rate is far higher)...
+    assert_refused(&stranger.login(guess()).await.unwrap_err(), 900);
+    // ...and only that address: the gateway told auth-service who is calling.
+    AuthServiceClient::new(system.channel_from(client(3)))
+        .login(LoginRequest {
+            email: owner.clone(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .expect("the owner, from elsewhere, is not locked out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_flood_through_the_gateway_holds_up_no_one_else() {
+    // Real password cost: the flood must be expensive for auth-service.
+    let system = System::start_adjusted(
+        Backend::Local,
+        |auth| auth.bcrypt_rounds = 12,
+        |_| {},
+        |_| {},
+    )
+    .await;
+    let email = format!("calm-{}@example.com", uuid::Uuid::new_v4().simple());
+    let mut tokens = system.stack.auth.register_and_login(&email).await;
+
+    // 400 anonymous logins from 40 addresses, all at once.
+    let channels: Vec<Channel> = (0..40)
+        .map(|n| system.channel_from(client(100 + n)))
+        .collect();
+    let mut flood = tokio::task::JoinSet::new();
+    for index in 0..400 {
+        let mut auth = AuthServiceClient::new(channels[index % channels.len()].clone());
+        flood.spawn(async move {
+            let request = LoginRequest {
+                email: format!("flood-{index}@example.com"),
+                password: "not a real password".into(),
+            };
+            auth.login(request)
+                .await
+                .map(|_| ())
+                .map_err(|status| status.code())
+        });
+    }
+
+    // Meanwhile a well-behaved client refreshes and asks who it is, promptly.
+    let mut calm = AuthServiceClient::new(system.channel_from(client(250)));
+    let patience = Duration::from_secs(5);
+    for _ in 0..5 {
+        let refreshed = tokio::time::timeout(
+            patience,
+            calm.refresh(RefreshRequest {
+                refresh_token: tokens.refresh_token.clone(),
+            }),
+        )
+        .await
+        .expect("Refresh does not wait behind the flood")
+        .expect("Refresh succeeds");
+        tokens = refreshed.into_inner().tokens.unwrap();
+        let mut me = Request::new(MeRequest {});
+        me.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", tokens.access_token).parse().unwrap(),
+        );
+        tokio::time::timeout(patience, calm.me(me))
+            .await
+            .expect("Me does not wait behind the flood")
+            .expect("Me succeeds");
+    }
+
+    // Every flood call was answered: checked, or turned away at once.
+    let mut shed = 0;
+    while let Some(outcome) = flood.join_next().await {
+        match outcome.unwrap() {
+            Err(Code::Unauthenticated) => {}
+            Err(Code::Unavailable | Code::ResourceExhausted) => shed += 1,
+            other => panic!("a flood login ended {other:?}"),
+        }
+    }
+    assert!(shed > 0, "400 logins at once were all queued, none shed");
 }
