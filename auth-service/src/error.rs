@@ -17,6 +17,10 @@ pub enum AuthError {
     BadCredentials,
     #[error("too many failed logins for this email; try again in {} seconds", whole_seconds(*.retry_after))]
     Throttled { retry_after: Duration },
+    /// As many logins for this email from this address as may fail are being checked
+    /// right now; one more could overshoot the failure limit.
+    #[error("other logins to this account from this address are being checked; try again in 1 s")]
+    AttemptsInFlight,
     /// Every hashing thread is busy and the queue is full: the call is refused at once
     /// rather than left waiting behind the others (see `passwords`).
     #[error("auth-service is busy checking passwords; try again in {} s", whole_seconds(*.retry_after))]
@@ -44,6 +48,10 @@ impl From<AuthError> for Status {
             AuthError::Throttled { retry_after } => {
                 with_retry_after(Status::resource_exhausted(err.to_string()), retry_after)
             }
+            AuthError::AttemptsInFlight => with_retry_after(
+                Status::resource_exhausted(err.to_string()),
+                Duration::from_secs(1),
+            ),
             AuthError::Busy { retry_after } => {
                 with_retry_after(Status::unavailable(err.to_string()), retry_after)
             }

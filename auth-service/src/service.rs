@@ -68,13 +68,16 @@ impl AuthApi {
         let email = Email::parse(&request.email)?;
         let password = Password::parse(request.password)?;
         let slot = self.hasher.reserve()?;
-        self.claim_attempt(&email, &client).await?;
+        let attempt = self.claim_attempt(&email, &client).await?;
         let user = self.store.user_by_email(&email).await?;
         let hash = user.as_ref().map(|user| user.password_hash.as_str());
         // Verified even when the user is unknown (against a decoy), so the time taken
-        // does not reveal which emails have accounts. A wrong password leaves the claimed
-        // attempt recorded as a failure.
+        // does not reveal which emails have accounts. A wrong password settles the
+        // claimed attempt as a failure. (An attempt that ends some other way — the
+        // caller gone, the database down — stays claimed, and counts as a failure until
+        // it leaves the window: the safe side.)
         if !slot.verify(&password, hash).await? {
+            self.store.settle_failure(attempt).await?;
             return Err(AuthError::BadCredentials);
         }
         let Some(user) = user else {
@@ -158,9 +161,10 @@ impl AuthApi {
         Ok(user_message(&user))
     }
 
-    /// Claims a login attempt of `email` from `client`, or refuses it when the failures
-    /// in the window reach a limit, with the time until the oldest of them expires.
-    async fn claim_attempt(&self, email: &Email, client: &ClientAddress) -> Result<(), AuthError> {
+    /// Claims a login attempt of `email` from `client` and returns its id, or refuses it
+    /// when the attempts in the window reach a limit: until the oldest failure expires,
+    /// or for a moment when some of them are still being checked.
+    async fn claim_attempt(&self, email: &Email, client: &ClientAddress) -> Result<i64, AuthError> {
         let now = now();
         let window = seconds(self.throttle.window);
         let limits = FailureLimits {
@@ -172,8 +176,16 @@ impl AuthApi {
             .store
             .claim_login_attempt(email, client, limits, now)
             .await?;
-        let Claim::Refused { oldest_failure } = claim else {
-            return Ok(());
+        let oldest_failure = match claim {
+            Claim::Claimed { attempt } => return Ok(attempt),
+            Claim::InFlight => {
+                tracing::info!(
+                    client = client.as_str(),
+                    "login refused: attempts in flight"
+                );
+                return Err(AuthError::AttemptsInFlight);
+            }
+            Claim::Refused { oldest_failure } => oldest_failure,
         };
         let retry_at = oldest_failure.saturating_add(window);
         let retry_after = Duration::from_secs(u64::try_from(retry_at - now).unwrap_or(1));

@@ -85,10 +85,15 @@ impl TokenState {
 /// The outcome of claiming a login attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// Under both limits: the attempt is recorded as a failure until the login succeeds.
-    Claimed,
-    /// A limit is reached; it frees up when the oldest counted failure leaves the window.
+    /// Under both limits: the attempt is recorded (pending) until its password is
+    /// checked: then settled as a failure, or deleted on success.
+    Claimed { attempt: i64 },
+    /// A limit is reached by settled failures; it frees up when the oldest of them
+    /// leaves the window.
     Refused { oldest_failure: i64 },
+    /// A limit is reached only because attempts are still being checked: it frees up
+    /// as soon as they are.
+    InFlight,
 }
 
 /// The failed-login limits an attempt is claimed under, over failures after `since`.
@@ -185,38 +190,51 @@ impl Store {
         now: i64,
     ) -> Result<Claim, AuthError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let (from_client, oldest): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT COUNT(*), MIN(failed_at) FROM login_failures
-             WHERE email = ? AND client_address = ? AND failed_at > ?",
+        let from_client: Counted = sqlx::query_as(
+            "SELECT COUNT(*) AS attempts, COALESCE(SUM(pending), 0) AS pending,
+                    MIN(CASE WHEN pending = 0 THEN failed_at END) AS oldest_settled
+             FROM login_failures WHERE email = ? AND client_address = ? AND failed_at > ?",
         )
         .bind(email.as_str())
         .bind(client.as_str())
         .bind(limits.since)
         .fetch_one(&mut *tx)
         .await?;
-        if from_client >= i64::from(limits.per_client) {
-            return Ok(refused(oldest, now));
+        if let Some(refusal) = from_client.refusal(limits.per_client, now) {
+            return Ok(refusal);
         }
-        let (for_email, oldest): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT COUNT(*), MIN(failed_at) FROM login_failures WHERE email = ? AND failed_at > ?",
+        let for_email: Counted = sqlx::query_as(
+            "SELECT COUNT(*) AS attempts, COALESCE(SUM(pending), 0) AS pending,
+                    MIN(CASE WHEN pending = 0 THEN failed_at END) AS oldest_settled
+             FROM login_failures WHERE email = ? AND failed_at > ?",
         )
         .bind(email.as_str())
         .bind(limits.since)
         .fetch_one(&mut *tx)
         .await?;
-        if for_email >= i64::from(limits.per_email) {
-            return Ok(refused(oldest, now));
+        if let Some(refusal) = for_email.refusal(limits.per_email, now) {
+            return Ok(refusal);
         }
-        sqlx::query(
-            "INSERT INTO login_failures (email, client_address, failed_at) VALUES (?, ?, ?)",
+        let attempt = sqlx::query(
+            "INSERT INTO login_failures (email, client_address, failed_at, pending) VALUES (?, ?, ?, 1)",
         )
         .bind(email.as_str())
         .bind(client.as_str())
         .bind(now)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .last_insert_rowid();
         tx.commit().await?;
-        Ok(Claim::Claimed)
+        Ok(Claim::Claimed { attempt })
+    }
+
+    /// A claimed attempt's password was wrong: it stays counted, as a failure.
+    pub async fn settle_failure(&self, attempt: i64) -> Result<(), AuthError> {
+        sqlx::query("UPDATE login_failures SET pending = 0 WHERE rowid = ?")
+            .bind(attempt)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// A login succeeded: forgets its claimed attempt and every failure of `email` from
@@ -375,9 +393,28 @@ impl Store {
 }
 
 /// A refusal that lifts when `oldest` (the oldest counted failure) leaves the window.
-fn refused(oldest: Option<i64>, now: i64) -> Claim {
-    Claim::Refused {
-        oldest_failure: oldest.unwrap_or(now),
+/// Attempts counted against one limit: all of them, those still pending, and the
+/// oldest settled failure.
+#[derive(FromRow)]
+struct Counted {
+    attempts: i64,
+    pending: i64,
+    oldest_settled: Option<i64>,
+}
+
+impl Counted {
+    fn refusal(&self, limit: u32, now: i64) -> Option<Claim> {
+        let limit = i64::from(limit);
+        if self.attempts < limit {
+            return None;
+        }
+        Some(if self.attempts - self.pending >= limit {
+            Claim::Refused {
+                oldest_failure: self.oldest_settled.unwrap_or(now),
+            }
+        } else {
+            Claim::InFlight
+        })
     }
 }
 
@@ -615,14 +652,59 @@ mod tests {
         let email = Email::parse("t@example.com").unwrap();
         let mut outcomes = Vec::new();
         for now in 1..=4 {
-            outcomes.push(
-                store
-                    .claim_login_attempt(&email, client, limits, now)
-                    .await
-                    .unwrap(),
-            );
+            let claim = store
+                .claim_login_attempt(&email, client, limits, now)
+                .await
+                .unwrap();
+            // Each claimed attempt turns out a wrong password.
+            if let Claim::Claimed { attempt } = claim {
+                store.settle_failure(attempt).await.unwrap();
+            }
+            outcomes.push(normalised(claim));
         }
         outcomes
+    }
+
+    /// Claims compared by kind: attempt ids are the database's business.
+    fn normalised(claim: Claim) -> Claim {
+        match claim {
+            Claim::Claimed { .. } => CLAIMED,
+            other => other,
+        }
+    }
+
+    const CLAIMED: Claim = Claim::Claimed { attempt: 0 };
+
+    #[tokio::test]
+    async fn attempts_still_being_checked_refuse_for_a_moment_not_for_the_window() {
+        let store = store().await;
+        let email = Email::parse("t@example.com").unwrap();
+        let here = ClientAddress::from_call(Some("192.0.2.1"), None);
+        let claim = |now| store.claim_login_attempt(&email, &here, limits(2, 50), now);
+        let first = claim(1).await.unwrap();
+        claim(2).await.unwrap();
+        // Two attempts in flight fill the limit: the third is told to retry shortly.
+        assert_eq!(claim(3).await.unwrap(), Claim::InFlight);
+        // Once one of them turns out a wrong password, it still counts, in flight or not.
+        let Claim::Claimed { attempt } = first else {
+            panic!("{first:?}");
+        };
+        store.settle_failure(attempt).await.unwrap();
+        assert_eq!(claim(4).await.unwrap(), Claim::InFlight);
+        // Only settled failures make a refusal that waits out the window.
+        store.clear_failures(&email, &here).await.unwrap();
+        let a = claim(5).await.unwrap();
+        let b = claim(6).await.unwrap();
+        for claimed in [a, b] {
+            let Claim::Claimed { attempt } = claimed else {
+                panic!("{claimed:?}");
+            };
+            store.settle_failure(attempt).await.unwrap();
+        }
+        assert_eq!(
+            claim(7).await.unwrap(),
+            Claim::Refused { oldest_failure: 5 }
+        );
     }
 
     #[tokio::test]
@@ -633,24 +715,15 @@ mod tests {
         let refused = Claim::Refused { oldest_failure: 1 };
         assert_eq!(
             claims(&store, &here, limits(2, 50)).await,
-            [Claim::Claimed, Claim::Claimed, refused.clone(), refused]
+            [CLAIMED, CLAIMED, refused.clone(), refused]
         );
         // Another address has a count of its own.
-        assert_eq!(
-            claims(&store, &there, limits(2, 50)).await[0],
-            Claim::Claimed
-        );
+        assert_eq!(claims(&store, &there, limits(2, 50)).await[0], CLAIMED);
         // A success clears its own address only.
         let email = Email::parse("t@example.com").unwrap();
         store.clear_failures(&email, &there).await.unwrap();
-        assert_eq!(
-            claims(&store, &there, limits(2, 50)).await[0],
-            Claim::Claimed
-        );
-        assert_ne!(
-            claims(&store, &here, limits(2, 50)).await[0],
-            Claim::Claimed
-        );
+        assert_eq!(claims(&store, &there, limits(2, 50)).await[0], CLAIMED);
+        assert_ne!(claims(&store, &here, limits(2, 50)).await[0], CLAIMED);
     }
 
     #[tokio::test]
