@@ -109,6 +109,22 @@ pub struct Config {
     #[arg(long, env = "UPLOAD_MEMORY_BYTES", default_value_t = 64 * MIB)]
     pub upload_memory_bytes: u64,
 
+    /// How long an upload waits for room in UPLOAD_MEMORY_BYTES, in seconds; after
+    /// that it fails RESOURCE_EXHAUSTED with `retry-after`, nothing stored.
+    #[arg(long, env = "UPLOAD_MEMORY_WAIT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub upload_memory_wait_seconds: u64,
+
+    /// An upload body that arrives slower than this, in bytes per second averaged over
+    /// UPLOAD_RATE_WINDOW_SECONDS of waiting for the client, is cancelled with
+    /// DEADLINE_EXCEEDED and nothing of it stored; 0 turns the check off. The default
+    /// (16 KiB/s) lets a slow phone on 3G through.
+    #[arg(long, env = "MIN_UPLOAD_BYTES_PER_SECOND", default_value_t = 16 * 1024)]
+    pub min_upload_bytes_per_second: u64,
+
+    /// The window, in seconds, over which MIN_UPLOAD_BYTES_PER_SECOND is averaged.
+    #[arg(long, env = "UPLOAD_RATE_WINDOW_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub upload_rate_window_seconds: u64,
+
     /// An Upload stream that sends nothing for this many seconds is cancelled and
     /// nothing of it is stored, so a stalled client cannot hold upload memory.
     #[arg(long, env = "UPLOAD_IDLE_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
@@ -173,6 +189,14 @@ impl Config {
 
     pub fn upload_idle_timeout(&self) -> Duration {
         Duration::from_secs(self.upload_idle_timeout_seconds)
+    }
+
+    pub fn upload_memory_wait(&self) -> Duration {
+        Duration::from_secs(self.upload_memory_wait_seconds)
+    }
+
+    pub fn upload_rate_window(&self) -> Duration {
+        Duration::from_secs(self.upload_rate_window_seconds)
     }
 
     pub fn upload_session_ttl(&self) -> Duration {

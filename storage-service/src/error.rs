@@ -25,6 +25,15 @@ pub enum StorageError {
         "the content's SHA-256 is {actual}, not the declared {declared}; nothing was stored, upload it again"
     )]
     ChecksumMismatch { declared: String, actual: String },
+    #[error(
+        "the server is busy with other uploads: no room for this one came free within {} s. \
+         Nothing was stored; try again in a few seconds",
+        waited.as_secs_f64()
+    )]
+    Busy {
+        waited: std::time::Duration,
+        retry_after: std::time::Duration,
+    },
     #[error("the upload stream failed: {0}")]
     ClientStream(Status),
     #[error(transparent)]
@@ -50,6 +59,14 @@ impl From<StorageError> for Status {
                 Status::resource_exhausted(err.to_string())
             }
             StorageError::ChecksumMismatch { .. } => Status::data_loss(err.to_string()),
+            // Retryable: `retry-after` (whole seconds, as in HTTP) tells the client when.
+            StorageError::Busy { retry_after, .. } => {
+                let mut status = Status::resource_exhausted(err.to_string());
+                status
+                    .metadata_mut()
+                    .insert("retry-after", retry_after.as_secs().max(1).into());
+                status
+            }
             // tonic reports an over-sized message as OUT_OF_RANGE; to the client it is a
             // limit it exceeded.
             StorageError::ClientStream(status) if status.code() == tonic::Code::OutOfRange => {

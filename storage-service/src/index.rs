@@ -10,7 +10,7 @@ use strongbox_common::sqlite;
 use uuid::Uuid;
 
 use crate::error::StorageError;
-use crate::names::ObjectKey;
+use crate::names::{ObjectKey, UploadId};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct FileRow {
@@ -165,11 +165,11 @@ impl Index {
     pub async fn session(
         &self,
         user: Uuid,
-        id: &str,
+        id: UploadId,
         now_ms: i64,
     ) -> Result<SessionRow, StorageError> {
         sqlx::query_as("SELECT * FROM upload_sessions WHERE id = ? AND user_id = ? AND expires_at > ?")
-            .bind(id)
+            .bind(id.to_string())
             .bind(user.to_string())
             .bind(now_ms)
             .fetch_optional(&self.pool)
@@ -184,7 +184,7 @@ impl Index {
     /// the new length.
     pub async fn append_chunk(
         &self,
-        id: &str,
+        id: UploadId,
         start: i64,
         length: i64,
         etag: Option<&str>,
@@ -194,7 +194,7 @@ impl Index {
             "UPDATE upload_sessions SET received = received + ? WHERE id = ? AND received = ? AND state = 'open'",
         )
         .bind(length)
-        .bind(id)
+        .bind(id.to_string())
         .bind(start)
         .execute(&mut *tx)
         .await?
@@ -205,7 +205,7 @@ impl Index {
         sqlx::query(
             "INSERT INTO upload_chunks (session_id, start, length, etag) VALUES (?, ?, ?, ?)",
         )
-        .bind(id)
+        .bind(id.to_string())
         .bind(start)
         .bind(length)
         .bind(etag)
@@ -216,23 +216,23 @@ impl Index {
     }
 
     /// The chunks of a session, in order.
-    pub async fn chunks(&self, id: &str) -> Result<Vec<ChunkRow>, StorageError> {
+    pub async fn chunks(&self, id: UploadId) -> Result<Vec<ChunkRow>, StorageError> {
         Ok(sqlx::query_as(
             "SELECT start, length, etag FROM upload_chunks WHERE session_id = ? ORDER BY start",
         )
-        .bind(id)
+        .bind(id.to_string())
         .fetch_all(&self.pool)
         .await?)
     }
 
     /// How many chunks a session has, and the length of its last one.
-    pub async fn chunk_tail(&self, id: &str) -> Result<(i64, Option<i64>), StorageError> {
+    pub async fn chunk_tail(&self, id: UploadId) -> Result<(i64, Option<i64>), StorageError> {
         Ok(sqlx::query_as(
             "SELECT COUNT(*),
                     (SELECT length FROM upload_chunks WHERE session_id = ?1 ORDER BY start DESC LIMIT 1)
              FROM upload_chunks WHERE session_id = ?1",
         )
-        .bind(id)
+        .bind(id.to_string())
         .fetch_one(&self.pool)
         .await?)
     }
@@ -302,13 +302,13 @@ impl Index {
     /// Moves a session between 'open' and 'completing'; false if it was not in `from`.
     pub async fn set_session_state(
         &self,
-        id: &str,
+        id: UploadId,
         from: &str,
         to: &str,
     ) -> Result<bool, StorageError> {
         let result = sqlx::query("UPDATE upload_sessions SET state = ? WHERE id = ? AND state = ?")
             .bind(to)
-            .bind(id)
+            .bind(id.to_string())
             .bind(from)
             .execute(&self.pool)
             .await?;
@@ -316,20 +316,20 @@ impl Index {
     }
 
     /// Turns a completed session into its file row, in one transaction.
-    pub async fn complete_session(&self, id: &str, file: &FileRow) -> Result<(), StorageError> {
+    pub async fn complete_session(&self, id: UploadId, file: &FileRow) -> Result<(), StorageError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         insert_file(&mut tx, file).await?;
         sqlx::query("DELETE FROM upload_sessions WHERE id = ?")
-            .bind(id)
+            .bind(id.to_string())
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
         Ok(())
     }
 
-    pub async fn delete_session(&self, id: &str) -> Result<(), StorageError> {
+    pub async fn delete_session(&self, id: UploadId) -> Result<(), StorageError> {
         sqlx::query("DELETE FROM upload_sessions WHERE id = ?")
-            .bind(id)
+            .bind(id.to_string())
             .execute(&self.pool)
             .await?;
         Ok(())

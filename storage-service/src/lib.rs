@@ -1,12 +1,14 @@
 //! storage-service: users' files in object storage, uploaded as streams.
 //!
-//! - [`names`]: safe names, per-user object keys, SHA-256 digests — parsed at the edge;
+//! - [`names`]: safe names, per-user object keys, upload ids, SHA-256 digests — parsed at
+//!   the edge;
 //! - [`policy`]: content types and size limits;
 //! - [`protocol`]: the shape of an Upload stream (metadata, chunks, end), as a state machine;
 //! - [`sink`]: the streaming core — multipart upload, hashing, limits, abort on failure;
 //! - [`parts`]: a stream cut into multipart parts, to S3 or a local directory;
 //! - [`memory`]: the memory all uploads share, with a hard bound;
-//! - [`guard`]: idle upload bodies fail, session chunks wait for memory (ahead of tonic);
+//! - [`guard`]: idle or trickling upload bodies fail, one-message uploads wait for memory
+//!   (ahead of tonic);
 //! - [`files`]: uploads become files; list, describe, download, delete;
 //! - [`multipart`]: S3 multipart uploads with their ids on record, so none can leak;
 //! - [`sessions`]: resumable uploads for clients that cannot stream;

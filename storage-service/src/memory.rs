@@ -16,8 +16,13 @@
 //!   the servers' connection windows are as large as all their streams' windows
 //!   together (`strongbox_common::server::flow`).
 //!
-//! A client that stops sending would hold its reservation forever; `service.rs` cancels
-//! an upload stream that goes idle.
+//! A client that stops sending would hold its reservation forever; `guard.rs` cancels
+//! an upload body that goes idle or trickles. And waiting for room has a deadline
+//! (`UPLOAD_MEMORY_WAIT_SECONDS`): when uploads hold the whole budget for longer, the
+//! one waiting fails RESOURCE_EXHAUSTED with `retry-after` rather than hanging, so a
+//! client learns the server is busy and when to come back. Giving up is safe at the
+//! only place an upload waits — before a part or a chunk, holding nothing half-filled —
+//! and whatever the upload stored before is aborted by its caller, as on any failure.
 //!
 //! The memory is handed out in blocks of [`BLOCK`] bytes that go back to a free list
 //! when the last reference to their bytes is dropped (the part's S3 request ended), so
@@ -27,6 +32,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -35,6 +41,11 @@ use crate::error::StorageError;
 
 /// The unit memory is reserved and reused in.
 pub const BLOCK: usize = 1024 * 1024;
+
+/// What a client that found no memory is told to wait before trying again. Memory comes
+/// free as other uploads' parts reach storage, a matter of seconds; a client that
+/// already waited `UPLOAD_MEMORY_WAIT_SECONDS` gains little from coming back sooner.
+pub const BUSY_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// The service-wide budget; cheap to clone.
 #[derive(Clone)]
@@ -48,12 +59,14 @@ struct Pool {
     free: Mutex<Vec<Vec<u8>>>,
     /// Whether a block was handed out since the last [`UploadMemory::trim`].
     used: AtomicBool,
+    /// How long a reservation may wait for room.
+    wait: Duration,
 }
 
 impl UploadMemory {
     /// A budget of `budget` bytes, which must hold the largest single reservation
-    /// (`largest`: a part, or a session chunk).
-    pub fn new(budget: u64, largest: u64) -> Result<Self, StorageError> {
+    /// (`largest`: a part, or a session chunk); a reservation waits at most `wait`.
+    pub fn new(budget: u64, largest: u64, wait: Duration) -> Result<Self, StorageError> {
         let blocks = usize::try_from(budget / BLOCK as u64).unwrap_or(usize::MAX);
         if blocks < blocks_for(usize::try_from(largest).unwrap_or(usize::MAX)) {
             return Err(StorageError::Internal(format!(
@@ -67,10 +80,12 @@ impl UploadMemory {
             blocks,
             free: Mutex::new(Vec::new()),
             used: AtomicBool::new(false),
+            wait,
         })))
     }
 
-    /// Waits until `bytes` of the budget are free and reserves them.
+    /// Waits until `bytes` of the budget are free and reserves them; fails with
+    /// [`StorageError::Busy`] if they are not free within the wait deadline.
     pub async fn reserve(&self, bytes: usize) -> Result<Reservation, StorageError> {
         let blocks = blocks_for(bytes);
         if blocks > self.0.blocks {
@@ -84,12 +99,20 @@ impl UploadMemory {
             Ok(permit) => permit,
             Err(_) => {
                 tracing::debug!(bytes, "waiting for upload memory");
-                self.0
-                    .permits
-                    .clone()
-                    .acquire_many_owned(permits)
-                    .await
-                    .map_err(|_| StorageError::Internal("upload memory is closed".into()))?
+                // Dropping the acquisition on timeout leaves the queue: those behind it
+                // move up, first come first served still.
+                let acquire = self.0.permits.clone().acquire_many_owned(permits);
+                match tokio::time::timeout(self.0.wait, acquire).await {
+                    Ok(permit) => permit
+                        .map_err(|_| StorageError::Internal("upload memory is closed".into()))?,
+                    Err(_) => {
+                        tracing::info!(bytes, wait = ?self.0.wait, "no upload memory came free in time");
+                        return Err(StorageError::Busy {
+                            waited: self.0.wait,
+                            retry_after: BUSY_RETRY_AFTER,
+                        });
+                    }
+                }
             }
         };
         Ok(Reservation {
@@ -224,17 +247,58 @@ mod tests {
     use super::*;
 
     const MIB: u64 = BLOCK as u64;
+    const WAIT: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn waiting_for_room_ends_at_the_deadline_and_takes_nothing() {
+        let wait = Duration::from_millis(100);
+        let memory = UploadMemory::new(2 * MIB, MIB, wait).unwrap();
+        let held = memory.reserve(2 * BLOCK).await.unwrap();
+        let started = std::time::Instant::now();
+        let err = memory
+            .reserve(1)
+            .await
+            .err()
+            .expect("no room within the deadline");
+        assert!(
+            started.elapsed() >= wait,
+            "gave up early: {:?}",
+            started.elapsed()
+        );
+        assert!(
+            matches!(err, StorageError::Busy { waited, .. } if waited == wait),
+            "{err}"
+        );
+        // The one that gave up left the queue: room freed goes to the next in line.
+        drop(held);
+        assert_eq!(memory.available_blocks(), 2);
+        memory.reserve(2 * BLOCK).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reservation_that_gets_room_in_time_waits_for_it() {
+        let memory = UploadMemory::new(MIB, MIB, Duration::from_secs(5)).unwrap();
+        let held = memory.reserve(BLOCK).await.unwrap();
+        let waiting = tokio::spawn({
+            let memory = memory.clone();
+            async move { memory.reserve(BLOCK).await.map(drop) }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
+        drop(held);
+        waiting.await.unwrap().unwrap();
+    }
 
     #[test]
     fn a_budget_must_hold_the_largest_reservation() {
-        assert!(UploadMemory::new(8 * MIB, 8 * MIB).is_ok());
-        let err = UploadMemory::new(8 * MIB - 1, 8 * MIB).err().unwrap();
+        assert!(UploadMemory::new(8 * MIB, 8 * MIB, WAIT).is_ok());
+        let err = UploadMemory::new(8 * MIB - 1, 8 * MIB, WAIT).err().unwrap();
         assert!(err.to_string().contains("UPLOAD_MEMORY_BYTES"), "{err}");
     }
 
     #[tokio::test]
     async fn blocks_return_to_the_budget_when_their_bytes_are_dropped() {
-        let memory = UploadMemory::new(4 * MIB, MIB).unwrap();
+        let memory = UploadMemory::new(4 * MIB, MIB, WAIT).unwrap();
         let mut reservation = memory.reserve(3 * BLOCK - 1).await.unwrap();
         assert_eq!(memory.available_blocks(), 1);
         let mut block = reservation.block().unwrap();
@@ -255,7 +319,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reservation_hands_out_exactly_its_blocks_and_buffers_are_reused() {
-        let memory = UploadMemory::new(2 * MIB, MIB).unwrap();
+        let memory = UploadMemory::new(2 * MIB, MIB, WAIT).unwrap();
         let mut reservation = memory.reserve(2 * BLOCK).await.unwrap();
         let first = reservation.block().unwrap();
         let address = first.buffer.as_ptr();
@@ -268,7 +332,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reservation_waits_for_room_first_come_first_served() {
-        let memory = UploadMemory::new(2 * MIB, MIB).unwrap();
+        let memory = UploadMemory::new(2 * MIB, MIB, WAIT).unwrap();
         let held = memory.reserve(BLOCK).await.unwrap();
         let big = tokio::spawn({
             let memory = memory.clone();
@@ -290,7 +354,7 @@ mod tests {
 
     #[tokio::test]
     async fn trimming_frees_idle_blocks_only_after_a_quiet_interval() {
-        let memory = UploadMemory::new(2 * MIB, MIB).unwrap();
+        let memory = UploadMemory::new(2 * MIB, MIB, WAIT).unwrap();
         drop(memory.reserve(BLOCK).await.unwrap().block());
         memory.trim();
         assert_eq!(memory.0.lock_free().len(), 1, "used since the last trim");

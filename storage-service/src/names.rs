@@ -136,6 +136,49 @@ impl fmt::Display for ObjectKey {
     }
 }
 
+/// The id of a resumable upload session, in the one spelling the service hands out:
+/// 36 characters of lower-case hex and hyphens (`0f8e…-…`, as `Uuid`'s `Display` writes
+/// it). `Uuid::parse_str` alone would also take upper case, braces, `urn:uuid:` and the
+/// bare 32 digits, so one session could be addressed under several names: in the chunk
+/// registry, the running digests and the staging paths those would be different sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UploadId(Uuid);
+
+impl UploadId {
+    /// A fresh, random id.
+    pub fn generate() -> Self {
+        Self(Uuid::new_v4())
+    }
+
+    /// Accepts only the canonical spelling. Any other is INVALID_ARGUMENT rather than
+    /// NOT_FOUND: the check looks at the text alone, never at which sessions exist, so
+    /// it reveals nothing, and a client that upper-cased or wrapped the id it was given
+    /// learns what it did wrong instead of looking for a session that expired.
+    pub fn parse(raw: &str) -> Result<Self, StorageError> {
+        match Uuid::try_parse(raw) {
+            Ok(id) if Self(id).to_string() == raw => Ok(Self(id)),
+            _ => Err(StorageError::InvalidArgument(
+                "upload_id must be the id CreateUpload returned, exactly as returned: 36 \
+                 lower-case hex digits and hyphens, like 3f2b8c1e-7d4a-4e6f-9a0b-1c2d3e4f5a6b"
+                    .into(),
+            )),
+        }
+    }
+
+    /// An id read back from the index, which only ever stores canonical ones.
+    pub fn from_stored(raw: &str) -> Result<Self, StorageError> {
+        Self::parse(raw).map_err(|_| {
+            StorageError::Internal(format!("a stored upload id is not canonical: {raw:?}"))
+        })
+    }
+}
+
+impl fmt::Display for UploadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
 /// A SHA-256 digest as 64 lower-case hex digits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sha256Hex(String);
@@ -244,6 +287,30 @@ mod tests {
     }
 
     #[test]
+    fn upload_ids_are_accepted_only_as_handed_out() {
+        let id = UploadId::generate();
+        let canonical = id.to_string();
+        assert_eq!(UploadId::parse(&canonical).unwrap(), id);
+        let uuid = Uuid::parse_str(&canonical).unwrap();
+        for other in [
+            canonical.to_ascii_uppercase(),
+            format!("{{{canonical}}}"),
+            format!("urn:uuid:{canonical}"),
+            uuid.simple().to_string(),
+            format!(" {canonical}"),
+            format!("{canonical}\n"),
+            String::new(),
+            "not-an-id".into(),
+        ] {
+            let err = UploadId::parse(&other).unwrap_err();
+            assert!(
+                matches!(&err, StorageError::InvalidArgument(message) if message.contains("lower-case")),
+                "{other:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn sha256_must_be_64_hex_digits() {
         assert!(Sha256Hex::parse(&"A".repeat(64)).is_ok());
         assert!(Sha256Hex::parse("abc").is_err());
@@ -277,6 +344,34 @@ mod properties {
             // object_store would percent-encode anything unusual; a safe key needs none.
             let path = key.path();
             prop_assert_eq!(path.as_ref(), key.as_str());
+        }
+
+        /// Whatever is offered as an upload id, it parses only if it is exactly the
+        /// canonical spelling of the id it parses to: one session, one name.
+        #[test]
+        fn an_upload_id_has_one_spelling(raw in any::<String>()) {
+            if let Ok(id) = UploadId::parse(&raw) {
+                prop_assert_eq!(id.to_string(), raw);
+            }
+        }
+
+        /// Every spelling `uuid` accepts besides the canonical one is refused.
+        #[test]
+        fn other_spellings_of_a_real_id_are_refused(bits in any::<u128>(), upper in any::<bool>()) {
+            let uuid = Uuid::from_u128(bits);
+            let canonical = uuid.hyphenated().to_string();
+            prop_assert_eq!(UploadId::parse(&canonical).unwrap().to_string(), canonical.clone());
+            let mut others = vec![
+                uuid.simple().to_string(),
+                uuid.braced().to_string(),
+                uuid.urn().to_string(),
+            ];
+            if upper && canonical.bytes().any(|b| b.is_ascii_alphabetic()) {
+                others.push(canonical.to_ascii_uppercase());
+            }
+            for other in others {
+                prop_assert!(UploadId::parse(&other).is_err(), "{other}");
+            }
         }
 
         /// Arbitrary text offered as a key never parses unless it is a plausible key in

@@ -14,7 +14,7 @@ use crate::backend::Backend;
 use crate::config::Config;
 use crate::error::StorageError;
 use crate::files::Storage;
-use crate::guard::UploadGuard;
+use crate::guard::{MinRate, UploadGuard};
 use crate::index::Index;
 use crate::memory::UploadMemory;
 use crate::multipart::Multipart;
@@ -50,6 +50,10 @@ pub async fn run(
         storage.upload_memory.clone(),
         config.max_chunk_bytes as usize,
         config.upload_idle_timeout(),
+        MinRate {
+            bytes_per_second: config.min_upload_bytes_per_second,
+            window: config.upload_rate_window(),
+        },
     );
 
     let (routes, health) = server::base_routes();
@@ -105,6 +109,7 @@ async fn build(config: &Config) -> Result<Storage, StorageError> {
         upload_memory: UploadMemory::new(
             config.upload_memory_bytes,
             config.upload_part_size.max(config.max_chunk_bytes),
+            config.upload_memory_wait(),
         )?,
         policy: UploadPolicy::new(config.max_upload_bytes, &config.allowed_content_types),
         part_size: usize::try_from(config.upload_part_size)

@@ -21,6 +21,7 @@ use uuid::Uuid;
 use crate::error::StorageError;
 use crate::files::{DownloadStream, Storage, now_ms, timestamp_ms};
 use crate::index::FileRow;
+use crate::names::UploadId;
 use crate::protocol::{Step, UploadProtocol};
 use crate::sink::UploadSink;
 
@@ -130,9 +131,10 @@ impl StorageService for StorageApi {
     ) -> Result<Response<UploadChunkResponse>, Status> {
         let user = self.verifier.authenticate(&request).await?;
         let chunk = request.into_inner();
+        let id = UploadId::parse(&chunk.upload_id)?;
         let offset = self
             .storage
-            .append(user, &chunk.upload_id, chunk.offset, chunk.data)
+            .append(user, id, chunk.offset, chunk.data)
             .await?;
         Ok(Response::new(UploadChunkResponse { offset }))
     }
@@ -142,8 +144,8 @@ impl StorageService for StorageApi {
         request: Request<GetUploadStatusRequest>,
     ) -> Result<Response<GetUploadStatusResponse>, Status> {
         let user = self.verifier.authenticate(&request).await?;
-        let id = request.into_inner().upload_id;
-        Ok(Response::new(self.storage.session_status(user, &id).await?))
+        let id = UploadId::parse(&request.into_inner().upload_id)?;
+        Ok(Response::new(self.storage.session_status(user, id).await?))
     }
 
     async fn complete_upload(
@@ -152,8 +154,8 @@ impl StorageService for StorageApi {
     ) -> Result<Response<CompleteUploadResponse>, Status> {
         let user = self.verifier.authenticate(&request).await?;
         let storage = self.storage.clone();
-        let id = request.into_inner().upload_id;
-        let row = detached(async move { storage.complete(user, &id).await }).await?;
+        let id = UploadId::parse(&request.into_inner().upload_id)?;
+        let row = detached(async move { storage.complete(user, id).await }).await?;
         let file = self.storage.describe(&row).await?;
         Ok(Response::new(CompleteUploadResponse { file: Some(file) }))
     }
@@ -163,9 +165,8 @@ impl StorageService for StorageApi {
         request: Request<AbortUploadRequest>,
     ) -> Result<Response<AbortUploadResponse>, Status> {
         let user = self.verifier.authenticate(&request).await?;
-        self.storage
-            .abort_session(user, &request.into_inner().upload_id)
-            .await?;
+        let id = UploadId::parse(&request.into_inner().upload_id)?;
+        self.storage.abort_session(user, id).await?;
         Ok(Response::new(AbortUploadResponse {}))
     }
 

@@ -30,7 +30,7 @@ use crate::error::StorageError;
 use crate::files::{NewFile, Storage, file_row, now_ms, timestamp_ms};
 use crate::index::{FileRow, SessionRow};
 use crate::multipart::Multipart;
-use crate::names::{ObjectKey, Sha256Hex};
+use crate::names::{ObjectKey, Sha256Hex, UploadId};
 use crate::policy::ContentType;
 use crate::sink::Expectations;
 
@@ -55,8 +55,9 @@ impl Storage {
             None => None,
         };
         let now = now_ms();
+        let id = UploadId::generate();
         let session = SessionRow {
-            id: Uuid::new_v4().to_string(),
+            id: id.to_string(),
             user_id: user.to_string(),
             key: file.key.as_str().to_owned(),
             filename: file.filename.clone(),
@@ -78,7 +79,7 @@ impl Storage {
             }
             return Err(err);
         }
-        self.digests.start(&session.id);
+        self.digests.start(id);
         tracing::info!(upload_id = %session.id, "upload session created");
         Ok(CreateUploadResponse {
             upload_id: session.id,
@@ -107,7 +108,7 @@ impl Storage {
     pub async fn append(
         &self,
         user: Uuid,
-        id: &str,
+        id: UploadId,
         offset: u64,
         data: Bytes,
     ) -> Result<u64, StorageError> {
@@ -215,7 +216,7 @@ impl Storage {
         &self,
         predecessor: Predecessor,
         user: Uuid,
-        id: &str,
+        id: UploadId,
         offset: u64,
         stored: StoredChunk,
     ) -> Result<StoredChunk, StorageError> {
@@ -258,7 +259,7 @@ impl Storage {
     async fn predecessor(
         &self,
         user: Uuid,
-        id: &str,
+        id: UploadId,
         offset: u64,
     ) -> Result<Option<Predecessor>, StorageError> {
         let deadline = tokio::time::Instant::now() + PREDECESSOR_GRACE;
@@ -320,7 +321,7 @@ impl Storage {
     /// On a local directory: the chunk is staged as an object of its own.
     async fn stage_chunk(
         &self,
-        id: &str,
+        id: UploadId,
         offset: u64,
         data: Bytes,
     ) -> Result<StoredChunk, StorageError> {
@@ -341,7 +342,7 @@ impl Storage {
     pub async fn session_status(
         &self,
         user: Uuid,
-        id: &str,
+        id: UploadId,
     ) -> Result<GetUploadStatusResponse, StorageError> {
         let session = self.index.session(user, id, now_ms()).await?;
         Ok(GetUploadStatusResponse {
@@ -358,7 +359,7 @@ impl Storage {
     }
 
     /// Turns the session's chunks into the file.
-    pub async fn complete(&self, user: Uuid, id: &str) -> Result<FileRow, StorageError> {
+    pub async fn complete(&self, user: Uuid, id: UploadId) -> Result<FileRow, StorageError> {
         let session = self.open_session(user, id).await?;
         if let Some(declared) = session
             .declared_size
@@ -375,8 +376,8 @@ impl Storage {
             ));
         }
         let assembled = match &self.multipart {
-            Some(multipart) => self.complete_parts(multipart, &session).await,
-            None => self.assemble(&session).await,
+            Some(multipart) => self.complete_parts(multipart, id, &session).await,
+            None => self.assemble(id, &session).await,
         };
         match assembled {
             Ok(row) => {
@@ -406,6 +407,7 @@ impl Storage {
     async fn complete_parts(
         &self,
         multipart: &Multipart,
+        id: UploadId,
         session: &SessionRow,
     ) -> Result<FileRow, StorageError> {
         let file = new_file(session)?;
@@ -414,7 +416,7 @@ impl Storage {
         if let Some(upload_id) = self.index.multipart_id(&session.key).await? {
             let mut parts = self
                 .index
-                .chunks(&session.id)
+                .chunks(id)
                 .await?
                 .into_iter()
                 .map(|chunk| {
@@ -434,7 +436,7 @@ impl Storage {
             }
             multipart.complete(&path, &upload_id, parts).await?;
         }
-        let sha256 = match self.digests.finish(&session.id, session.received as u64) {
+        let sha256 = match self.digests.finish(id, session.received as u64) {
             Some(sha256) => sha256,
             None => self.digest_of(&path).await?,
         };
@@ -451,7 +453,7 @@ impl Storage {
             });
         }
         let row = file_row(&file, session.received as u64, sha256.as_str());
-        self.index.complete_session(&session.id, &row).await?;
+        self.index.complete_session(id, &row).await?;
         Ok(row)
     }
 
@@ -467,18 +469,14 @@ impl Storage {
     }
 
     /// On a local directory: streams the staged chunks into the file.
-    async fn assemble(&self, session: &SessionRow) -> Result<FileRow, StorageError> {
+    async fn assemble(&self, id: UploadId, session: &SessionRow) -> Result<FileRow, StorageError> {
         let file = new_file(session)?;
         let mut sink = self.open_sink(&file);
-        for chunk in self.index.chunks(&session.id).await? {
+        for chunk in self.index.chunks(id).await? {
             let staged = self
                 .backend
                 .store
-                .get(&staged_chunk(
-                    &session.id,
-                    chunk.start as u64,
-                    chunk.length as u64,
-                ))
+                .get(&staged_chunk(id, chunk.start as u64, chunk.length as u64))
                 .await?;
             let mut pieces = staged.into_stream();
             loop {
@@ -494,14 +492,14 @@ impl Storage {
         }
         let written = sink.finish().await?;
         let row = file_row(&file, written.size, written.sha256.as_str());
-        if let Err(err) = self.index.complete_session(&session.id, &row).await {
+        if let Err(err) = self.index.complete_session(id, &row).await {
             self.remove_object(&file.key).await;
             return Err(err);
         }
         Ok(row)
     }
 
-    pub async fn abort_session(&self, user: Uuid, id: &str) -> Result<(), StorageError> {
+    pub async fn abort_session(&self, user: Uuid, id: UploadId) -> Result<(), StorageError> {
         let session = self.open_session(user, id).await?;
         self.discard(&session).await;
         tracing::info!(upload_id = %id, "upload session aborted");
@@ -517,11 +515,8 @@ impl Storage {
         Ok(expired.len())
     }
 
-    async fn open_session(&self, user: Uuid, id: &str) -> Result<SessionRow, StorageError> {
-        let id = Uuid::parse_str(id).map_err(|_| {
-            StorageError::NotFound("no upload session with this id; start a new upload")
-        })?;
-        let session = self.index.session(user, &id.to_string(), now_ms()).await?;
+    async fn open_session(&self, user: Uuid, id: UploadId) -> Result<SessionRow, StorageError> {
+        let session = self.index.session(user, id, now_ms()).await?;
         if session.state != OPEN {
             return Err(StorageError::FailedPrecondition(
                 "this upload is being completed".into(),
@@ -531,7 +526,13 @@ impl Storage {
     }
 
     async fn discard(&self, session: &SessionRow) {
-        let id = &session.id;
+        let id = match UploadId::from_stored(&session.id) {
+            Ok(id) => id,
+            Err(err) => {
+                tracing::warn!(%err, "cannot discard an upload session");
+                return;
+            }
+        };
         self.digests.forget(id);
         if let Err(err) = self.index.delete_session(id).await {
             tracing::warn!(%err, upload_id = %id, "could not delete an upload session");
@@ -553,7 +554,7 @@ impl Storage {
         }
     }
 
-    async fn remove_staging(&self, id: &str) {
+    async fn remove_staging(&self, id: UploadId) {
         let prefix = Path::from(format!("{STAGING_PREFIX}/{id}"));
         let staged: Vec<_> = match self
             .backend
@@ -620,7 +621,7 @@ const PREDECESSOR_GRACE: std::time::Duration = std::time::Duration::from_secs(10
 /// be decoded first). On S3 it needs its predecessor's part number, published here.
 #[derive(Default)]
 pub struct ChunksInFlight {
-    running: std::sync::Mutex<std::collections::HashMap<(String, u64), InFlight>>,
+    running: std::sync::Mutex<std::collections::HashMap<(UploadId, u64), InFlight>>,
     /// Wakes chunks waiting for a predecessor whenever one is announced or done.
     changed: tokio::sync::Notify,
 }
@@ -631,15 +632,15 @@ type InFlight = (u64, tokio::sync::watch::Receiver<Option<usize>>);
 
 impl ChunksInFlight {
     /// Records a chunk of `id` ending at `end` until the returned guard is dropped.
-    fn announce(&self, id: &str, end: u64) -> Announced<'_> {
+    fn announce(&self, id: UploadId, end: u64) -> Announced<'_> {
         let (part, receiver) = tokio::sync::watch::channel(None);
-        let key = (id.to_owned(), end);
+        let key = (id, end);
         let serial = {
             let mut running = self.lock();
             // Two chunks ending at the same offset (a retry racing the original): the
             // later one replaces the first as the one to wait for; either will do.
             let serial = running.get(&key).map_or(0, |(serial, _)| serial + 1);
-            running.insert(key.clone(), (serial, receiver));
+            running.insert(key, (serial, receiver));
             serial
         };
         self.changed.notify_waiters();
@@ -652,15 +653,15 @@ impl ChunksInFlight {
     }
 
     /// The chunk of `id` being stored that ends at `offset`, if there is one.
-    fn ending_at(&self, id: &str, offset: u64) -> Option<Predecessor> {
+    fn ending_at(&self, id: UploadId, offset: u64) -> Option<Predecessor> {
         self.lock()
-            .get(&(id.to_owned(), offset))
+            .get(&(id, offset))
             .map(|(_, receiver)| Predecessor(receiver.clone()))
     }
 
     fn lock(
         &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, u64), InFlight>> {
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(UploadId, u64), InFlight>> {
         self.running
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -669,7 +670,7 @@ impl ChunksInFlight {
 
 struct Announced<'a> {
     registry: &'a ChunksInFlight,
-    key: (String, u64),
+    key: (UploadId, u64),
     serial: u64,
     part: tokio::sync::watch::Sender<Option<usize>>,
 }
@@ -716,46 +717,47 @@ impl Predecessor {
 /// in an order the digest cannot follow, has its object read back once on completion.
 #[derive(Default)]
 pub struct SessionDigests {
-    running: std::sync::Mutex<std::collections::HashMap<String, (u64, Sha256)>>,
+    running: std::sync::Mutex<std::collections::HashMap<UploadId, (u64, Sha256)>>,
 }
 
 impl SessionDigests {
-    fn start(&self, id: &str) {
-        self.lock().insert(id.to_owned(), (0, Sha256::new()));
+    fn start(&self, id: UploadId) {
+        self.lock().insert(id, (0, Sha256::new()));
     }
 
     /// Adds the chunk at `offset`; a chunk out of order drops the digest.
-    fn update(&self, id: &str, offset: u64, data: &[u8]) {
+    fn update(&self, id: UploadId, offset: u64, data: &[u8]) {
         // Hashing a chunk takes milliseconds: not under the lock other sessions need.
-        let Some((hashed, mut hasher)) = self.lock().remove(id) else {
+        let Some((hashed, mut hasher)) = self.lock().remove(&id) else {
             return;
         };
         if hashed != offset {
             return;
         }
         hasher.update(data);
-        self.lock()
-            .insert(id.to_owned(), (hashed + data.len() as u64, hasher));
+        self.lock().insert(id, (hashed + data.len() as u64, hasher));
     }
 
     /// The digest, if it covers exactly `length` bytes.
-    fn finish(&self, id: &str, length: u64) -> Option<Sha256Hex> {
-        let (hashed, hasher) = self.lock().remove(id)?;
+    fn finish(&self, id: UploadId, length: u64) -> Option<Sha256Hex> {
+        let (hashed, hasher) = self.lock().remove(&id)?;
         (hashed == length).then(|| Sha256Hex::from_digest(&hasher.finalize()))
     }
 
-    fn forget(&self, id: &str) {
-        self.lock().remove(id);
+    fn forget(&self, id: UploadId) {
+        self.lock().remove(&id);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u64, Sha256)>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<UploadId, (u64, Sha256)>> {
         self.running
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
-fn staged_chunk(id: &str, start: u64, length: u64) -> Path {
+fn staged_chunk(id: UploadId, start: u64, length: u64) -> Path {
     Path::from(format!("{STAGING_PREFIX}/{id}/{start:020}-{length}"))
 }
 
