@@ -106,11 +106,26 @@ pub async fn serve(
         .await
 }
 
+/// Connections the kernel may hold completed but not yet accepted. Beyond the backlog
+/// it drops handshakes, and a client that sent nothing yet believes it is connected to a
+/// socket no server ever sees (so no timeout of ours can close it). 4,096 is Linux's
+/// default ceiling (`net.core.somaxconn`); a burst of connections must fit in it.
+const LISTEN_BACKLOG: u32 = 4096;
+
 /// Binds the listen address, with an error that names it.
 pub async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, BindError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| BindError { addr, source })
+    let error = |source| BindError { addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(error)?;
+    // As std's and tokio's own `bind` do: a restarted service can take its port back
+    // while old connections are in TIME_WAIT.
+    socket.set_reuseaddr(true).map_err(error)?;
+    socket.bind(addr).map_err(error)?;
+    socket.listen(LISTEN_BACKLOG).map_err(error)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,17 +1,20 @@
 //! `strongbox-bench`: the system measured against the physical limit of this machine,
 //! written to `docs/BENCHMARKS.md` with the machine and the date. Uploads (see
 //! `uploads.rs`) and auth-service (see `auth.rs`) run against the three release
-//! binaries as separate processes, over loopback, with s3s-fs as the S3 server.
+//! binaries as separate processes, over loopback, with s3s-fs as the S3 server; then
+//! the gateway under hostile load (see `hostile.rs`).
 //! Absolute numbers drift with whatever else the machine does; the ratios hold.
 //!
 //! ```text
 //! cargo run --release -p strongbox-tests --bin strongbox-bench            # full run, writes docs/BENCHMARKS.md
 //! cargo run -p strongbox-tests --bin strongbox-bench -- --quick --out F   # what the test command runs
 //! cargo run --release -p strongbox-tests --bin strongbox-bench -- --auth-only   # auth numbers, printed
+//! cargo run --release -p strongbox-tests --bin strongbox-bench -- --hostile-only   # hostile load, printed
 //! cargo run --release -p strongbox-tests --bin strongbox-bench -- --sizes 1024 --out F   # some sizes (MiB)
 //! ```
 
 mod auth;
+mod hostile;
 mod report;
 mod system;
 mod uploads;
@@ -30,23 +33,30 @@ struct Args {
     /// Only the auth-service numbers, printed; no report is written.
     #[arg(long)]
     auth_only: bool,
+    /// Only the hostile-load section (login flood, idle sockets, concurrent
+    /// connections), printed; written only with `--out`.
+    #[arg(long, conflicts_with = "auth_only")]
+    hostile_only: bool,
     /// Only these file sizes, in MiB, comma-separated (to look at one row closely).
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
     sizes: Option<Vec<u64>>,
-    /// Where the report goes.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/BENCHMARKS.md"))]
-    out: PathBuf,
+    /// Where the report goes (default: docs/BENCHMARKS.md).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
+
+const DEFAULT_OUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/BENCHMARKS.md");
 
 pub struct Plan {
     pub quick: bool,
     auth_only: bool,
+    hostile_only: bool,
     pub sizes: Vec<u64>,
     pub concurrency: Vec<usize>,
     /// Each measurement repeats its uploads until at least this much has moved: a
     /// single 1 MiB upload takes milliseconds, too short to time or to count CPU ticks of.
     pub least_per_measurement: u64,
-    out: PathBuf,
+    out: Option<PathBuf>,
 }
 
 impl From<Args> for Plan {
@@ -59,6 +69,7 @@ impl From<Args> for Plan {
         Plan {
             quick: args.quick,
             auth_only: args.auth_only,
+            hostile_only: args.hostile_only,
             sizes: args.sizes.map_or(default_sizes, |mibs| {
                 mibs.into_iter().map(|mib| mib * MIB).collect()
             }),
@@ -89,6 +100,16 @@ async fn bench(plan: Plan) {
         println!("{}", report::auth_table(&auth));
         return;
     }
+    if plan.hostile_only {
+        let hostile = hostile::measure(&system, plan.quick).await;
+        let section = report::hostile_report(&hostile);
+        println!("{section}");
+        if let Some(out) = &plan.out {
+            std::fs::write(out, section).expect("the report is written");
+            println!("wrote {}", out.display());
+        }
+        return;
+    }
     let clients = uploads::Clients::new(&system).await;
     let mut rows = Vec::new();
     for &size in &plan.sizes {
@@ -106,8 +127,10 @@ async fn bench(plan: Plan) {
         "the S3 server still holds {leftovers} objects or parts after every upload was deleted"
     );
     let auth = auth::measure(&system, plan.quick).await;
-    let report = report::render(&plan, &rows, &auth);
     println!("{}", report::auth_table(&auth));
-    std::fs::write(&plan.out, report).expect("the report is written");
-    println!("wrote {}", plan.out.display());
+    let hostile = hostile::measure(&system, plan.quick).await;
+    let report = report::render(&plan, &rows, &auth, &hostile);
+    let out = plan.out.unwrap_or_else(|| PathBuf::from(DEFAULT_OUT));
+    std::fs::write(&out, report).expect("the report is written");
+    println!("wrote {}", out.display());
 }

@@ -1,11 +1,14 @@
-//! `docs/BENCHMARKS.md`: the tables, and each target of issue 6 with its verdict
-//! computed from this run's numbers (never typed in by hand).
+//! `docs/BENCHMARKS.md`: the tables, and each target of issues 6 and 12 with its
+//! verdict computed from this run's numbers (never typed in by hand).
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::Plan;
+use tonic::Code;
+
 use crate::auth::{AuthNumbers, Latencies};
+use crate::hostile::{Calls, FLOOD_FACTOR, Flood, HostileNumbers, IdleSockets, Step};
 use crate::uploads::{Cpu, MIB, Row, human};
 
 const GATEWAY_GRPC_TARGET: f64 = 0.9;
@@ -92,7 +95,7 @@ pub fn auth_table(auth: &AuthNumbers) -> String {
     table
 }
 
-pub fn render(plan: &Plan, rows: &[Row], auth: &AuthNumbers) -> String {
+pub fn render(plan: &Plan, rows: &[Row], auth: &AuthNumbers, hostile: &HostileNumbers) -> String {
     let mut out = String::new();
     let cpu = cpu_model();
     let _ = write!(
@@ -157,18 +160,15 @@ pub fn render(plan: &Plan, rows: &[Row], auth: &AuthNumbers) -> String {
     }
     out.push_str("\n## auth-service\n\n");
     out.push_str(&auth_table(auth));
+    out.push('\n');
+    out.push_str(&hostile_section(hostile));
     out.push_str(
         "\n## Targets\n\nRatios to three places, so one at a target reads as what was compared; next to \
          a throughput ratio, its row's CPU-cost ratio (see above).\n\n\
          | target | this run | verdict |\n|---|---|---|\n",
     );
-    for (target, measured, met) in verdicts(rows, auth) {
-        let _ = writeln!(
-            out,
-            "| {target} | {measured} | {} |",
-            if met { "met" } else { "**missed**" }
-        );
-    }
+    push_verdicts(&mut out, verdicts(rows, auth));
+    push_verdicts(&mut out, hostile_verdicts(hostile));
     out
 }
 
@@ -278,4 +278,287 @@ fn command_output(program: &str, args: &[&str]) -> String {
         .output()
         .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
         .unwrap_or_default()
+}
+
+const CLIENT_P99_MS: u64 = 100;
+const FLOOD_WAIT_MS: u64 = 1_000;
+const FLOOD_GATEWAY_RSS_MIB: u64 = 64;
+const CONCURRENT_ME_P99_MS: u64 = 50;
+const CONCURRENT_CONNECTIONS_TARGET: usize = 5_000;
+
+pub fn flood_lines(flood: &Flood) -> String {
+    let mut lines = format!(
+        "Login flood: {} addresses, {:.0} s, offered {:.1}/s ({FLOOD_FACTOR:.0} × the bound of {:.2}/s), {} sent; \
+         answered: {}; slowest answer {}; gateway peak RSS {} MiB\n",
+        flood.addresses,
+        flood.window.as_secs_f64(),
+        flood.offered_per_second,
+        flood.bound,
+        flood.sent,
+        answers(flood),
+        ms(flood.slowest),
+        flood.gateway_peak_mib,
+    );
+    for (kind, calls) in &flood.client {
+        let _ = writeln!(lines, "  well-behaved {kind}: {}", calls_text(calls));
+    }
+    lines
+}
+
+fn answers(flood: &Flood) -> String {
+    flood
+        .answers
+        .iter()
+        .map(|(code, count)| format!("{count} {}", code_name(*code)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn code_name(code: Code) -> String {
+    let meaning = match code {
+        Code::Unauthenticated => " (hashed: wrong password)",
+        Code::ResourceExhausted => " (gateway rate limit)",
+        Code::Unavailable => " (shed by auth-service)",
+        Code::DeadlineExceeded | Code::Cancelled => " (no answer within 5 s)",
+        _ => "",
+    };
+    format!("{code:?}{meaning}")
+}
+
+fn calls_text(calls: &Calls) -> String {
+    let mut text = format!(
+        "{} calls, p50 {}, p99 {}, slowest {}, {} errors",
+        calls.count,
+        ms(calls.p50),
+        ms(calls.p99),
+        ms(calls.slowest),
+        calls.errors
+    );
+    if let Some(error) = &calls.first_error {
+        let _ = write!(text, " (first: {error})");
+    }
+    text
+}
+
+pub fn idle_line(idle: &IdleSockets) -> String {
+    format!(
+        "Idle sockets: {} opened ({} could not connect), {} accepted, {} refused at once; \
+         header-read timeout {} s; longest open {:.1} s; all closed {:.1} s after the last opened; \
+         {} still open at the end; a new client's Me meanwhile: {}",
+        idle.opened,
+        idle.connect_failures,
+        idle.accepted(),
+        idle.refused,
+        idle.header_read_timeout.as_secs(),
+        idle.longest_open.as_secs_f64(),
+        idle.all_closed_after.as_secs_f64(),
+        idle.never_closed,
+        new_client_text(idle),
+    )
+}
+
+fn new_client_text(idle: &IdleSockets) -> String {
+    match &idle.new_client_me {
+        Ok(latency) => format!("answered in {} (connection included)", ms(*latency)),
+        Err(error) => format!("**failed**: {error}"),
+    }
+}
+
+pub fn step_line(step: &Step) -> String {
+    format!(
+        "| {} | {} | {} | {} | {} | {} | {} |",
+        step.connections,
+        step.unopened,
+        step.me.count,
+        step.me.errors,
+        ms(step.me.p50),
+        ms(step.me.p99),
+        step.gateway_peak_mib,
+    )
+}
+
+/// The connection count of the largest step whose `Me` p99 met the target, with no
+/// errors and every connection open.
+fn most_concurrent(hostile: &HostileNumbers) -> Option<&Step> {
+    hostile
+        .steps
+        .iter()
+        .filter(|step| {
+            step.unopened == 0
+                && step.me.errors == 0
+                && step.me.p99 < Duration::from_millis(CONCURRENT_ME_P99_MS)
+        })
+        .max_by_key(|step| step.connections)
+}
+
+pub fn hostile_section(hostile: &HostileNumbers) -> String {
+    let flood = &hostile.flood;
+    let mut out = format!(
+        "## Hostile load\n\nEach part against a gateway process of its own, started fresh with the default limits \
+         (Login: 30/m per address, burst 30; 64 open calls and 128 connections per address), in front of\n\
+         the same auth-service (bcrypt cost 12, a hashing queue of its default size). Clients bind distinct\n\
+         loopback source addresses, so the gateway sees each as its own client. The upload measurements\n\
+         above run with `RATE_LIMIT_STORAGE=off` (one benchmark user moves hundreds of files a second,\n\
+         which a per-user limit meant for people would throttle); every other limit is at its default there too.\n\n\
+         ### Login flood\n\n\
+         Wrong passwords for random emails from {} addresses (one connection each), {:.1}/s for {:.0} s: \
+         {FLOOD_FACTOR:.0} × what the cores can hash ({:.2}/s). Sent on a schedule, whatever the answers.\n\n\
+         | flood | |\n|---|---|\n\
+         | offered | {} calls ({:.1}/s) |\n\
+         | answered | {} |\n\
+         | admitted by the gateway / hashed | {} / {} |\n\
+         | slowest answer | {} |\n\
+         | gateway peak RSS | {} MiB |\n\n\
+         Meanwhile a well-behaved client on its own address (logged in before the flood) repeats Me and\n\
+         ListFiles with a {} ms pause, and Refresh (following its token chain) every {:.1} s:\n\n\
+         | call | calls | errors | p50 | p99 | slowest |\n|---|---|---|---|---|---|\n",
+        flood.addresses,
+        flood.offered_per_second,
+        flood.window.as_secs_f64(),
+        flood.bound,
+        flood.sent,
+        flood.offered_per_second,
+        answers(flood),
+        flood.sent - flood.answered(Code::ResourceExhausted),
+        flood.answered(Code::Unauthenticated),
+        ms(flood.slowest),
+        flood.gateway_peak_mib,
+        crate::hostile::ROUND_PAUSE.as_millis(),
+        crate::hostile::REFRESH_EVERY.as_secs_f64(),
+    );
+    for (kind, calls) in &flood.client {
+        let _ = writeln!(
+            out,
+            "| {kind} | {} | {} | {} | {} | {} |",
+            calls.count,
+            calls.errors,
+            ms(calls.p50),
+            ms(calls.p99),
+            ms(calls.slowest)
+        );
+    }
+    let idle = &hostile.idle;
+    let _ = write!(
+        out,
+        "\n### Idle connections\n\n{} TCP connections that send nothing, at most {} per source address, \
+         to a gateway with\n`GATEWAY_HEADER_READ_TIMEOUT_SECONDS={}`.\n\n\
+         | idle sockets | |\n|---|---|\n\
+         | opened (could not connect) | {} ({}) |\n\
+         | accepted / refused at once | {} / {} |\n\
+         | longest any stayed open | {:.1} s |\n\
+         | all closed, after the last was opened | {:.1} s |\n\
+         | still open at the end | {} |\n\
+         | a new client's Me meanwhile | {} |\n",
+        idle.opened + idle.connect_failures,
+        crate::hostile::CONNECTIONS_PER_ADDRESS,
+        idle.header_read_timeout.as_secs(),
+        idle.opened,
+        idle.connect_failures,
+        idle.accepted(),
+        idle.refused,
+        idle.longest_open.as_secs_f64(),
+        idle.all_closed_after.as_secs_f64(),
+        idle.never_closed,
+        new_client_text(idle),
+    );
+    let _ = write!(
+        out,
+        "\n### Concurrent connections\n\nN connections, each its own channel (at most {} per source address), \
+         each calling Me once every {:.0} s\nfor {:.0} s, spread evenly; latency as the client sees it, \
+         in this process, which shares the cores.\n\n\
+         | connections | could not open | Me calls | errors | p50 | p99 | gateway peak RSS (MiB) |\n\
+         |---|---|---|---|---|---|---|\n",
+        crate::hostile::CONNECTIONS_PER_ADDRESS,
+        hostile.me_pace.as_secs_f64(),
+        hostile.step_window.as_secs_f64(),
+    );
+    for step in &hostile.steps {
+        let _ = writeln!(out, "{}", step_line(step));
+    }
+    out
+}
+
+/// Each target of issue 12: what it asks, what this run measured, whether it holds.
+fn hostile_verdicts(hostile: &HostileNumbers) -> Vec<(String, String, bool)> {
+    let flood = &hostile.flood;
+    let worst_p99 = flood
+        .client
+        .iter()
+        .max_by_key(|(_, calls)| calls.p99)
+        .expect("three kinds of call");
+    let errors: usize = flood.client.iter().map(|(_, calls)| calls.errors).sum();
+    let idle = &hostile.idle;
+    let best = most_concurrent(hostile);
+    vec![
+        (
+            format!(
+                "during a Login flood at {FLOOD_FACTOR:.0} × the bcrypt bound: a well-behaved client's p99 < {CLIENT_P99_MS} ms"
+            ),
+            format!("worst {} ({})", ms(worst_p99.1.p99), worst_p99.0),
+            worst_p99.1.p99 < Duration::from_millis(CLIENT_P99_MS),
+        ),
+        (
+            "… and its errors = 0".to_owned(),
+            format!("{errors}"),
+            errors == 0,
+        ),
+        (
+            format!("… no flood call waits longer than {FLOOD_WAIT_MS} ms"),
+            format!("slowest {}", ms(flood.slowest)),
+            flood.slowest <= Duration::from_millis(FLOOD_WAIT_MS),
+        ),
+        (
+            format!("… gateway peak RSS < {FLOOD_GATEWAY_RSS_MIB} MiB"),
+            format!("{} MiB", flood.gateway_peak_mib),
+            flood.gateway_peak_mib < FLOOD_GATEWAY_RSS_MIB,
+        ),
+        (
+            format!(
+                "{} idle sockets: all accepted, all closed within the header-read timeout ({} s, +{} s to close)",
+                idle.opened + idle.connect_failures,
+                idle.header_read_timeout.as_secs(),
+                crate::hostile::CLOSE_SLACK.as_secs()
+            ),
+            format!(
+                "{} accepted, longest open {:.1} s, {} never closed",
+                idle.accepted(),
+                idle.longest_open.as_secs_f64(),
+                idle.never_closed
+            ),
+            idle.connect_failures == 0 && idle.refused == 0 && idle.closed_in_time(),
+        ),
+        (
+            "… a new client's Me succeeds meanwhile".to_owned(),
+            new_client_text(idle),
+            idle.new_client_me.is_ok(),
+        ),
+        (
+            format!(
+                "concurrent connections served with Me p99 < {CONCURRENT_ME_P99_MS} ms ≥ {CONCURRENT_CONNECTIONS_TARGET}"
+            ),
+            best.map_or_else(
+                || "none of the steps".to_owned(),
+                |step| format!("{} (p99 {})", step.connections, ms(step.me.p99)),
+            ),
+            best.is_some_and(|step| step.connections >= CONCURRENT_CONNECTIONS_TARGET),
+        ),
+    ]
+}
+
+/// The hostile-load section and its targets alone (`--hostile-only`).
+pub fn hostile_report(hostile: &HostileNumbers) -> String {
+    let mut out = hostile_section(hostile);
+    out.push_str("\n| target | this run | verdict |\n|---|---|---|\n");
+    push_verdicts(&mut out, hostile_verdicts(hostile));
+    out
+}
+
+fn push_verdicts(out: &mut String, verdicts: Vec<(String, String, bool)>) {
+    for (target, measured, met) in verdicts {
+        let _ = writeln!(
+            out,
+            "| {target} | {measured} | {} |",
+            if met { "met" } else { "**missed**" }
+        );
+    }
 }
