@@ -89,13 +89,44 @@ impl Admission {
     }
 
     /// The deadline of a forwarded call: none for the streaming methods (the services
-    /// cut streams that stall), a long one for the unary calls that carry file data,
+    /// cut streams that stall), a long one for the unary calls that move file data —
+    /// carrying up to a chunk, or completing a session (S3 assembles its parts then:
+    /// a 1 GiB session took over 30 s on the benchmark's S3 server with 16 at once) —
     /// the default for everything else.
     pub fn deadline(&self, method: &str) -> Deadline {
         match method {
             "Upload" | "Download" => None,
-            "PutFile" | "UploadChunk" => Some(self.upload_call_deadline),
+            "PutFile" | "UploadChunk" | "CompleteUpload" => Some(self.upload_call_deadline),
             _ => Some(self.call_deadline),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_have_no_deadline_and_calls_moving_file_data_a_long_one() {
+        let mut config = Config::for_upstreams(String::new(), String::new());
+        config.call_deadline_seconds = 30;
+        config.upload_call_deadline_seconds = 600;
+        let admission = Admission::new(&config);
+        assert_eq!(admission.deadline("Upload"), None);
+        assert_eq!(admission.deadline("Download"), None);
+        for moving_data in ["PutFile", "UploadChunk", "CompleteUpload"] {
+            assert_eq!(
+                admission.deadline(moving_data),
+                Some(Duration::from_secs(600)),
+                "{moving_data}"
+            );
+        }
+        for control in ["ListFiles", "Me", "Login", "CreateUpload", "DeleteFile"] {
+            assert_eq!(
+                admission.deadline(control),
+                Some(Duration::from_secs(30)),
+                "{control}"
+            );
         }
     }
 }

@@ -99,8 +99,8 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_CALL_DEADLINE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub call_deadline_seconds: u64,
 
-    /// Deadline of a call that carries file data in one message (`PutFile`,
-    /// `UploadChunk`, up to 8 MiB on a slow link), in seconds.
+    /// Deadline of a call that moves file data: `PutFile` and `UploadChunk` (up to
+    /// 8 MiB on a slow link) and `CompleteUpload` (S3 assembling a large file), in seconds.
     #[arg(long, env = "GATEWAY_UPLOAD_CALL_DEADLINE_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     pub upload_call_deadline_seconds: u64,
 
