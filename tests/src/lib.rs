@@ -202,3 +202,20 @@ pub fn files_below(root: &Path) -> Vec<PathBuf> {
     found.sort();
     found
 }
+
+/// Runs each named scenario, an `async fn(Backend)` of the calling test file, twice:
+/// against the local directory and against a real S3 server (`mod local`, `mod s3`).
+/// The file must have `Backend` in scope.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        mod local {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() { super::$scenario(super::Backend::Local).await })*
+        }
+        mod s3 {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() { super::$scenario(super::Backend::S3).await })*
+        }
+    };
+}

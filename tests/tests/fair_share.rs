@@ -10,21 +10,9 @@ use strongbox_proto::storage::v1::{
     AbortUploadRequest, CompleteUploadRequest, FileMetadata, GetUploadStatusRequest,
     UploadChunkRequest, UploadRequest, upload_request,
 };
+use strongbox_tests::on_both_backends;
 use strongbox_tests::storage::{Backend, Stack, User, metadata, pseudo_random, sha256_hex};
 use tonic::{Code, Status};
-
-macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {
-        mod local {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $scenario() { super::$scenario(super::Backend::Local).await })*
-        }
-        mod s3 {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $scenario() { super::$scenario(super::Backend::S3).await })*
-        }
-    };
-}
 
 on_both_backends!(
     other_spellings_of_an_upload_id_are_refused_and_touch_nothing,

@@ -11,23 +11,11 @@ use strongbox_proto::storage::v1::{
     DownloadRequest, FileMetadata, GetDownloadUrlRequest, GetUploadStatusRequest, ListFilesRequest,
     PutFileRequest, StatFileRequest, UploadChunkRequest, UploadEnd, UploadRequest, upload_request,
 };
+use strongbox_tests::on_both_backends;
 use strongbox_tests::storage::{
     Backend, Stack, User, download_with, metadata, pseudo_random, sha256_hex, upload_then_vanish,
 };
 use tonic::{Code, Request, Status};
-
-macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {
-        mod local {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $scenario() { super::$scenario(super::Backend::Local).await })*
-        }
-        mod s3 {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $scenario() { super::$scenario(super::Backend::S3).await })*
-        }
-    };
-}
 
 on_both_backends!(
     upload_list_stat_download_and_delete,
