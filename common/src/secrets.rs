@@ -19,7 +19,7 @@ use crate::config::MIN_SECRET_BYTES;
 #[error(
     "{} holds {len} bytes, fewer than the {MIN_SECRET_BYTES} of a key: it is empty or truncated. \
      Restore it from a backup, or delete it to have a new key generated at start \
-     (whatever the old key signed stops verifying)",
+     (what the old key signed or derived will no longer match)",
     path.display()
 )]
 pub struct ShortKeyFile {
