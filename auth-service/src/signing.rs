@@ -150,7 +150,7 @@ impl Ed25519Keys {
     /// keep working.
     async fn reload(&self) {
         let files = self.files.clone();
-        let loaded = match tokio::task::spawn_blocking(move || files.load()).await {
+        let loaded = match tokio::task::spawn_blocking(move || files.reload()).await {
             Ok(Ok(set)) => set,
             Ok(Err(err)) => {
                 tracing::warn!(%err, "reloading the signing keys failed; keeping the known ones");

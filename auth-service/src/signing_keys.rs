@@ -149,6 +149,19 @@ impl KeyFiles {
         Ok(KeySet { keys })
     }
 
+    /// Reads every key as [`KeyFiles::load`] does, but never creates one: while the
+    /// service runs, an original key file that vanished is an error (and the known keys
+    /// stay in use), not a reason to sign with a new key nothing else knows.
+    pub fn reload(&self) -> Result<KeySet, AuthError> {
+        if !self.original.exists() {
+            return Err(AuthError::Internal(format!(
+                "signing key {} is missing; restore it (the keys in memory keep signing)",
+                self.original.display()
+            )));
+        }
+        self.load()
+    }
+
     /// Adds a new key that signs from `activates_at` (or the first free second after
     /// it, if another rotation took that one) and returns it.
     pub fn add(&self, activates_at: u64) -> Result<SigningKey, AuthError> {
@@ -317,5 +330,19 @@ mod tests {
         assert_eq!(files.prune(1100, LIFETIME).unwrap(), 0);
         assert_eq!(files.prune(1101, LIFETIME).unwrap(), 1);
         assert_eq!(kids(files.load().unwrap().keys.iter()), [0, 1001]);
+    }
+
+    #[test]
+    fn a_reload_never_makes_a_new_original_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let original = dir.path().join("jwt-ed25519.pem");
+        let files = KeyFiles::beside(&original);
+        files.load().unwrap();
+        std::fs::remove_file(&original).unwrap();
+        let Err(err) = files.reload() else {
+            panic!("a reload without the original key succeeded");
+        };
+        assert!(err.to_string().contains("is missing"), "{err}");
+        assert!(!original.exists(), "a reload created a signing key");
     }
 }
