@@ -8,7 +8,10 @@ cd "$(dirname "$0")/.."
 cargo build --quiet -p strongbox
 data=$(mktemp -d)
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# Quotas per user, so the page's usage line shows its limits and its meter; far above what
+# the tests upload (the e2e asserts these two numbers as the page shows them).
 DATA_DIR="$data" GATEWAY_LISTEN="127.0.0.1:$port" AUTH_LISTEN=127.0.0.1:0 STORAGE_LISTEN=127.0.0.1:0 \
+    USER_QUOTA_BYTES=1000000000 USER_MAX_FILES=1000 \
     BCRYPT_ROUNDS=4 RUST_LOG=warn ./target/debug/strongbox >"$data/strongbox.log" 2>&1 &
 pid=$!
 cleanup() {

@@ -86,6 +86,8 @@ pub enum Command {
         /// The file's key, as `ls` shows it
         key: String,
     },
+    /// Show how much you store and have in progress, and the limits that apply
+    Usage,
 }
 
 /// A server address the client can dial: `http://` or `https://`, with a host, and no

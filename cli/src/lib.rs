@@ -63,6 +63,7 @@ async fn execute(args: Args) -> Result<(), CliError> {
             commands::download::download(&context, &key, output.as_deref(), force).await
         }
         Command::Rm { key } => commands::files::remove(&context, &key).await,
+        Command::Usage => commands::usage::usage(&context).await,
     }
 }
 

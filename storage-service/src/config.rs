@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use strongbox_common::config::{Command, DataDirArgs, Secret};
 
+use crate::usage::Limits;
+
 const MIB: u64 = 1024 * 1024;
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -109,6 +111,12 @@ pub struct Config {
     #[arg(long, env = "UPLOAD_MEMORY_BYTES", default_value_t = 64 * MIB)]
     pub upload_memory_bytes: u64,
 
+    /// The part of UPLOAD_MEMORY_BYTES one user's uploads may hold together, in bytes;
+    /// at least one part and one chunk [default: half of UPLOAD_MEMORY_BYTES, or one
+    /// part if that is more]. Beyond it a user's uploads wait for their own to move.
+    #[arg(long, env = "UPLOAD_MEMORY_PER_USER_BYTES")]
+    pub upload_memory_per_user_bytes: Option<u64>,
+
     /// How long an upload waits for room in UPLOAD_MEMORY_BYTES, in seconds; after
     /// that it fails RESOURCE_EXHAUSTED with `retry-after`, nothing stored.
     #[arg(long, env = "UPLOAD_MEMORY_WAIT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
@@ -143,6 +151,26 @@ pub struct Config {
     /// Unfinished resumable upload sessions are deleted after this many seconds.
     #[arg(long, env = "UPLOAD_SESSION_TTL_SECONDS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
     pub upload_session_ttl_seconds: u64,
+
+    /// Most bytes one user may store, counting uploads in progress by their declared
+    /// size or the bytes received so far; unset: no quota.
+    #[arg(long, env = "USER_QUOTA_BYTES")]
+    pub user_quota_bytes: Option<u64>,
+
+    /// Most files one user may keep, counting uploads in progress and open upload
+    /// sessions; unset: no limit.
+    #[arg(long, env = "USER_MAX_FILES")]
+    pub user_max_files: Option<u64>,
+
+    /// Resumable upload sessions one user may have open at once; a new one beyond them
+    /// is refused (the open ones are kept).
+    #[arg(long, env = "MAX_OPEN_SESSIONS_PER_USER", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_open_sessions_per_user: u32,
+
+    /// Uploads one user may have in progress at once: Upload streams, PutFile calls and
+    /// session chunks being stored.
+    #[arg(long, env = "MAX_CONCURRENT_UPLOADS_PER_USER", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_uploads_per_user: u32,
 
     /// Public base URL of the gateway, which serves the local backend's download links.
     #[arg(long, env = "PUBLIC_BASE_URL", default_value = "http://localhost:8000")]
@@ -197,6 +225,23 @@ impl Config {
 
     pub fn upload_rate_window(&self) -> Duration {
         Duration::from_secs(self.upload_rate_window_seconds)
+    }
+
+    pub fn upload_memory_per_user_bytes(&self) -> u64 {
+        self.upload_memory_per_user_bytes.unwrap_or_else(|| {
+            (self.upload_memory_bytes / 2)
+                .max(self.upload_part_size.max(self.max_chunk_bytes))
+                .min(self.upload_memory_bytes)
+        })
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            quota_bytes: self.user_quota_bytes,
+            max_files: self.user_max_files,
+            max_open_sessions: self.max_open_sessions_per_user,
+            max_concurrent_uploads: self.max_concurrent_uploads_per_user,
+        }
     }
 
     pub fn upload_session_ttl(&self) -> Duration {

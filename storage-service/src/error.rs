@@ -34,6 +34,38 @@ pub enum StorageError {
         waited: std::time::Duration,
         retry_after: std::time::Duration,
     },
+    #[error(
+        "this upload needs {needed} bytes, but only {} of your {limit}-byte storage quota \
+         (USER_QUOTA_BYTES) are free: {counted} bytes are in your files and uploads in \
+         progress. Nothing was stored; delete files or abort unfinished uploads to make room",
+        limit.saturating_sub(*counted)
+    )]
+    ByteQuota {
+        limit: u64,
+        counted: u64,
+        needed: u64,
+    },
+    #[error(
+        "you have {counted} of the {limit} files you may keep (USER_MAX_FILES), counting \
+         uploads in progress and open upload sessions. Nothing was stored; delete files or \
+         abort unfinished uploads first"
+    )]
+    FileQuota { limit: u64, counted: u64 },
+    #[error(
+        "you already have {limit} open upload sessions, the most one user may have \
+         (MAX_OPEN_SESSIONS_PER_USER); complete or abort one (CompleteUpload, AbortUpload) \
+         before starting another"
+    )]
+    TooManySessions { limit: u32 },
+    #[error(
+        "you already have {limit} uploads in progress, the most one user may have at once \
+         (MAX_CONCURRENT_UPLOADS_PER_USER). Nothing was stored; send this one again when \
+         one of them has finished"
+    )]
+    TooManyUploads {
+        limit: u32,
+        retry_after: std::time::Duration,
+    },
     #[error("the upload stream failed: {0}")]
     ClientStream(Status),
     #[error(transparent)]
@@ -55,12 +87,15 @@ impl From<StorageError> for Status {
             StorageError::NotFound(message) => Status::not_found(message),
             StorageError::FailedPrecondition(message) => Status::failed_precondition(message),
             StorageError::PermissionDenied(message) => Status::permission_denied(message),
-            StorageError::TooLarge { .. } | StorageError::MessageTooLarge { .. } => {
-                Status::resource_exhausted(err.to_string())
-            }
+            StorageError::TooLarge { .. }
+            | StorageError::MessageTooLarge { .. }
+            | StorageError::ByteQuota { .. }
+            | StorageError::FileQuota { .. }
+            | StorageError::TooManySessions { .. } => Status::resource_exhausted(err.to_string()),
             StorageError::ChecksumMismatch { .. } => Status::data_loss(err.to_string()),
             // Retryable: `retry-after` (whole seconds, as in HTTP) tells the client when.
-            StorageError::Busy { retry_after, .. } => {
+            StorageError::Busy { retry_after, .. }
+            | StorageError::TooManyUploads { retry_after, .. } => {
                 let mut status = Status::resource_exhausted(err.to_string());
                 status
                     .metadata_mut()

@@ -23,6 +23,7 @@ use crate::parts::{Destination, PartWriter};
 use crate::policy::{ContentType, UploadPolicy};
 use crate::sessions::{ChunksInFlight, SessionDigests};
 use crate::sink::{Expectations, UploadSink, Written};
+use crate::usage::{InFlight, Limits};
 
 pub const STATUS_UPLOADED: &str = "uploaded";
 /// Original filenames longer than this are refused (the key uses a shortened form anyway).
@@ -46,6 +47,8 @@ pub struct Storage {
     pub parts_in_flight: usize,
     pub max_chunk_bytes: u64,
     pub session_ttl: Duration,
+    /// What each user may store and have in progress.
+    pub limits: Limits,
     /// The running SHA-256 of each open resumable session.
     pub digests: SessionDigests,
     /// The resumable-session chunks being stored right now.
@@ -100,6 +103,28 @@ impl Storage {
         })
     }
 
+    /// Puts a new Upload stream on record, holding its declared size of the user's
+    /// quota (or, without one, a part at a time as it arrives), or refuses it.
+    pub async fn admit_file(&self, file: &NewFile) -> Result<InFlight, StorageError> {
+        match file.expect.size {
+            Some(declared) => {
+                self.index
+                    .admit_file(file.user, declared, &self.limits)
+                    .await
+            }
+            None => Ok(self
+                .index
+                .admit_file(file.user, 0, &self.limits)
+                .await?
+                .growing_by(self.part_size as u64)),
+        }
+    }
+
+    /// Puts a file that arrived whole (PutFile) on record, or refuses it.
+    pub async fn admit_whole(&self, file: &NewFile, bytes: u64) -> Result<InFlight, StorageError> {
+        self.index.admit_file(file.user, bytes, &self.limits).await
+    }
+
     /// Where `file`'s bytes go; its multipart upload starts once a first part is full.
     pub fn open_sink(&self, file: &NewFile) -> UploadSink {
         let options = self
@@ -111,7 +136,7 @@ impl Storage {
         };
         let writer = PartWriter::new(
             destination,
-            self.upload_memory.clone(),
+            self.upload_memory.for_user(file.user),
             file.key.path(),
             options,
             self.part_size,
@@ -120,16 +145,42 @@ impl Storage {
         UploadSink::new(writer, self.parts_in_flight, file.expect.clone())
     }
 
-    /// Completes the object and makes it a visible file.
-    pub async fn commit(&self, file: NewFile, sink: UploadSink) -> Result<FileRow, StorageError> {
-        let written = sink.finish().await?;
-        self.record(&file, written).await
+    /// Completes the object and makes it a visible file, which takes over the upload's
+    /// reservation.
+    pub async fn commit(
+        &self,
+        file: NewFile,
+        sink: UploadSink,
+        upload: InFlight,
+    ) -> Result<FileRow, StorageError> {
+        match sink.finish().await {
+            Ok(written) => self.record(&file, written, upload).await,
+            Err(err) => {
+                upload.end().await;
+                Err(err)
+            }
+        }
     }
 
     /// Stores a file that arrived whole (PutFile) as one PUT and makes it a visible file.
     /// Its bytes are already in memory, reserved for the call (`guard.rs`): they go to
     /// storage as they are, not through a [`UploadSink`]'s part buffers.
-    pub async fn store_whole(&self, file: NewFile, data: Bytes) -> Result<FileRow, StorageError> {
+    pub async fn store_whole(
+        &self,
+        file: NewFile,
+        data: Bytes,
+        upload: InFlight,
+    ) -> Result<FileRow, StorageError> {
+        match self.put_whole(&file, data).await {
+            Ok(written) => self.record(&file, written, upload).await,
+            Err(err) => {
+                upload.end().await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn put_whole(&self, file: &NewFile, data: Bytes) -> Result<Written, StorageError> {
         file.expect.check_received(data.len() as u64)?;
         let written = Written {
             size: data.len() as u64,
@@ -147,14 +198,19 @@ impl Storage {
             .store
             .put_opts(&file.key.path(), data.into(), options)
             .await?;
-        self.record(&file, written).await
+        Ok(written)
     }
 
     /// Makes a stored object a visible file: its index row, or, if that cannot be
     /// written, no object either.
-    async fn record(&self, file: &NewFile, written: Written) -> Result<FileRow, StorageError> {
+    async fn record(
+        &self,
+        file: &NewFile,
+        written: Written,
+        upload: InFlight,
+    ) -> Result<FileRow, StorageError> {
         let row = file_row(file, written.size, written.sha256.as_str());
-        if let Err(err) = self.index.insert_file(&row).await {
+        if let Err(err) = self.index.insert_file_for(&row, upload).await {
             self.remove_object(&file.key).await;
             return Err(err);
         }

@@ -34,6 +34,7 @@ use tonic::server::NamedService;
 
 use crate::error::StorageError;
 use crate::memory::UploadMemory;
+use strongbox_common::jwt::Verifier;
 
 /// The upload calls of the service it wraps.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -58,6 +59,7 @@ pub struct MinRate {
 pub struct UploadGuard<S> {
     inner: S,
     memory: UploadMemory,
+    verifier: Verifier,
     chunk_bytes: usize,
     idle: Duration,
     min_rate: MinRate,
@@ -67,6 +69,7 @@ impl<S> UploadGuard<S> {
     pub fn new(
         inner: S,
         memory: UploadMemory,
+        verifier: Verifier,
         chunk_bytes: usize,
         idle: Duration,
         min_rate: MinRate,
@@ -74,6 +77,7 @@ impl<S> UploadGuard<S> {
         Self {
             inner,
             memory,
+            verifier,
             chunk_bytes,
             idle,
             min_rate,
@@ -134,9 +138,16 @@ where
         if call == UploadCall::Stream {
             return Box::pin(inner.call(request));
         }
-        let (memory, bytes) = (self.memory.clone(), self.chunk_bytes);
+        let (memory, verifier, bytes) =
+            (self.memory.clone(), self.verifier.clone(), self.chunk_bytes);
         Box::pin(async move {
-            let _room = match memory.reserve(bytes).await {
+            // The memory counts against the caller's share, so they are known first (and
+            // a call without a valid token takes no memory at all).
+            let caller = match verifier.authenticate_headers(request.headers()).await {
+                Ok(caller) => caller,
+                Err(status) => return Ok(status.into_http()),
+            };
+            let _room = match memory.for_user(caller.user_id).reserve(bytes).await {
                 Ok(room) => room,
                 Err(err) => return Ok(Status::from(err).into_http()),
             };

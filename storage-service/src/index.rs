@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::error::StorageError;
 use crate::names::{ObjectKey, UploadId};
+use crate::usage::{Admission, InFlight, LEASE, Limits, Usage};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct FileRow {
@@ -34,6 +35,8 @@ pub struct SessionRow {
     pub declared_size: Option<i64>,
     pub declared_sha256: Option<String>,
     pub received: i64,
+    /// Bytes held against the user's quota (see `usage.rs`).
+    pub reserved: i64,
     pub state: String,
     pub created_at: i64,
     pub expires_at: i64,
@@ -56,6 +59,8 @@ pub struct Cursor {
 #[derive(Clone)]
 pub struct Index {
     pool: SqlitePool,
+    /// This process, as the holder of the in-flight rows it renews (see `usage.rs`).
+    holder: std::sync::Arc<str>,
 }
 
 impl Index {
@@ -67,16 +72,14 @@ impl Index {
             .run(&pool)
             .await
             .map_err(|err| StorageError::Internal(format!("database migration failed: {err}")))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            holder: Uuid::new_v4().to_string().into(),
+        })
     }
 
     pub async fn close(&self) {
         self.pool.close().await;
-    }
-
-    pub async fn insert_file(&self, file: &FileRow) -> Result<(), StorageError> {
-        let mut connection = self.pool.acquire().await?;
-        insert_file(&mut connection, file).await
     }
 
     pub async fn file(&self, user: Uuid, key: &ObjectKey) -> Result<FileRow, StorageError> {
@@ -141,11 +144,26 @@ impl Index {
         Ok(result.rows_affected() > 0)
     }
 
-    pub async fn insert_session(&self, session: &SessionRow) -> Result<(), StorageError> {
+    /// Records a new session if its user may open one (see [`Limits::admit`]): the
+    /// session holds `session.reserved` bytes of the quota and counts as a file.
+    pub async fn admit_session(
+        &self,
+        session: &SessionRow,
+        limits: &Limits,
+    ) -> Result<(), StorageError> {
+        let user = parse_user(&session.user_id)?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let usage = locked_usage(&mut tx, user, session.created_at, None).await?;
+        limits.admit(
+            &usage,
+            Admission::Session {
+                bytes: session.reserved as u64,
+            },
+        )?;
         sqlx::query(
             "INSERT INTO upload_sessions (id, user_id, key, filename, content_type, declared_size,
-                 declared_sha256, received, state, created_at, expires_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, 0, 'open', ?, ?)",
+                 declared_sha256, received, reserved, state, created_at, expires_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, 'open', ?, ?)",
         )
         .bind(&session.id)
         .bind(&session.user_id)
@@ -154,10 +172,170 @@ impl Index {
         .bind(&session.content_type)
         .bind(session.declared_size)
         .bind(&session.declared_sha256)
+        .bind(session.reserved)
         .bind(session.created_at)
         .bind(session.expires_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// What `user` stores and has in progress now.
+    pub async fn usage(&self, user: Uuid, now_ms: i64) -> Result<Usage, StorageError> {
+        let mut connection = self.pool.acquire().await?;
+        count_usage(&mut connection, user, now_ms, None).await
+    }
+
+    /// Puts a new stream or PutFile of `bytes` (so far) on record, if its user may start
+    /// one: it counts as a file and as an upload in progress until it ends.
+    pub async fn admit_file(
+        &self,
+        user: Uuid,
+        bytes: u64,
+        limits: &Limits,
+    ) -> Result<InFlight, StorageError> {
+        let id = Uuid::new_v4();
+        let now = crate::files::now_ms();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let usage = locked_usage(&mut tx, user, now, None).await?;
+        limits.admit(&usage, Admission::File { bytes })?;
+        self.insert_in_flight(&mut tx, id, user, "file", bytes, now)
+            .await?;
+        tx.commit().await?;
+        Ok(InFlight::new(self.clone(), id, user, *limits, bytes))
+    }
+
+    /// Puts a chunk of session `session` that ends at `end` on record, if its user may
+    /// have one more upload in progress; a session without a declared size first grows
+    /// its reservation to `end`, within the quota.
+    pub async fn admit_chunk(
+        &self,
+        user: Uuid,
+        session: UploadId,
+        end: u64,
+        limits: &Limits,
+    ) -> Result<InFlight, StorageError> {
+        let id = Uuid::new_v4();
+        let now = crate::files::now_ms();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let usage = locked_usage(&mut tx, user, now, None).await?;
+        let (reserved,): (i64,) =
+            sqlx::query_as("SELECT reserved FROM upload_sessions WHERE id = ? AND user_id = ?")
+                .bind(session.to_string())
+                .bind(user.to_string())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StorageError::NotFound(
+                    "no upload session with this id (it may have expired or been completed); start a new upload",
+                ))?;
+        let more = end.saturating_sub(reserved as u64);
+        limits.admit(&usage, Admission::Chunk { bytes: more })?;
+        if more > 0 {
+            sqlx::query("UPDATE upload_sessions SET reserved = ? WHERE id = ?")
+                .bind(to_sql(end)?)
+                .bind(session.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        self.insert_in_flight(&mut tx, id, user, "chunk", 0, now)
+            .await?;
+        tx.commit().await?;
+        Ok(InFlight::new(self.clone(), id, user, *limits, 0))
+    }
+
+    async fn insert_in_flight(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        id: Uuid,
+        user: Uuid,
+        kind: &str,
+        bytes: u64,
+        now_ms: i64,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO uploads_in_flight (id, user_id, kind, bytes, holder, expires_at)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id.to_string())
+        .bind(user.to_string())
+        .bind(kind)
+        .bind(to_sql(bytes)?)
+        .bind(&*self.holder)
+        .bind(now_ms + LEASE.as_millis() as i64)
+        .execute(tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Grows an upload's reservation to `wanted` bytes, or as far as the quota lets it
+    /// beside everything else of its user, but never to less than `needed`: then the
+    /// quota's error, nothing changed. Returns the new reservation.
+    pub async fn grow_in_flight(
+        &self,
+        id: Uuid,
+        user: Uuid,
+        limits: &Limits,
+        needed: u64,
+        wanted: u64,
+    ) -> Result<u64, StorageError> {
+        let now = crate::files::now_ms();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let others = locked_usage(&mut tx, user, now, Some(id)).await?;
+        limits.check_bytes(&others, needed)?;
+        let granted = wanted.min(limits.room_beside(&others)).max(needed);
+        sqlx::query("UPDATE uploads_in_flight SET bytes = ? WHERE id = ?")
+            .bind(to_sql(granted)?)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(granted)
+    }
+
+    /// Takes an upload off the record, giving back its reservation.
+    pub async fn end_in_flight(&self, id: Uuid) -> Result<(), StorageError> {
+        sqlx::query("DELETE FROM uploads_in_flight WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Keeps the uploads this process is receiving on record for another [`LEASE`].
+    pub async fn renew_leases(&self) -> Result<(), StorageError> {
+        sqlx::query("UPDATE uploads_in_flight SET expires_at = ? WHERE holder = ?")
+            .bind(crate::files::now_ms() + LEASE.as_millis() as i64)
+            .bind(&*self.holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Drops the rows of uploads whose process stopped renewing them (it died).
+    pub async fn sweep_expired_leases(&self) -> Result<u64, StorageError> {
+        let result = sqlx::query("DELETE FROM uploads_in_flight WHERE expires_at <= ?")
+            .bind(crate::files::now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected())
+    }
+
+    /// Writes the row of a file received by `upload`, whose reservation it takes over
+    /// in the same transaction.
+    pub async fn insert_file_for(
+        &self,
+        file: &FileRow,
+        upload: InFlight,
+    ) -> Result<(), StorageError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        insert_file(&mut tx, file).await?;
+        sqlx::query("DELETE FROM uploads_in_flight WHERE id = ?")
+            .bind(upload.id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        upload.taken_over();
         Ok(())
     }
 
@@ -344,6 +522,70 @@ impl Index {
                 .await?,
         )
     }
+}
+
+/// The user's usage, read inside a write transaction so that nothing of the user's
+/// changes before the caller's own write commits. (SQLite's `BEGIN IMMEDIATE` takes the
+/// database's write lock; the row written first is the user's own lock on databases
+/// that lock rows.) `excluding` leaves one in-flight upload out of the count.
+async fn locked_usage(
+    tx: &mut sqlx::SqliteConnection,
+    user: Uuid,
+    now_ms: i64,
+    excluding: Option<Uuid>,
+) -> Result<Usage, StorageError> {
+    sqlx::query("INSERT INTO user_usage (user_id) VALUES (?) ON CONFLICT (user_id) DO NOTHING")
+        .bind(user.to_string())
+        .execute(&mut *tx)
+        .await?;
+    count_usage(tx, user, now_ms, excluding).await
+}
+
+async fn count_usage(
+    connection: &mut sqlx::SqliteConnection,
+    user: Uuid,
+    now_ms: i64,
+    excluding: Option<Uuid>,
+) -> Result<Usage, StorageError> {
+    let excluding = excluding.map(|id| id.to_string()).unwrap_or_default();
+    let counts: (i64, i64, i64, i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT
+            COALESCE((SELECT stored_bytes FROM user_usage WHERE user_id = ?1), 0),
+            COALESCE((SELECT stored_files FROM user_usage WHERE user_id = ?1), 0),
+            (SELECT COUNT(*) FROM upload_sessions WHERE user_id = ?1 AND expires_at > ?2),
+            (SELECT COALESCE(SUM(reserved), 0) FROM upload_sessions
+                WHERE user_id = ?1 AND expires_at > ?2),
+            (SELECT COUNT(*) FROM uploads_in_flight
+                WHERE user_id = ?1 AND expires_at > ?2 AND id != ?3),
+            (SELECT COUNT(*) FROM uploads_in_flight
+                WHERE user_id = ?1 AND expires_at > ?2 AND id != ?3 AND kind = 'file'),
+            (SELECT COALESCE(SUM(bytes), 0) FROM uploads_in_flight
+                WHERE user_id = ?1 AND expires_at > ?2 AND id != ?3)",
+    )
+    .bind(user.to_string())
+    .bind(now_ms)
+    .bind(excluding)
+    .fetch_one(connection)
+    .await?;
+    let (stored_bytes, stored_files, sessions, session_bytes, uploads, files, upload_bytes) =
+        counts;
+    let count = |value: i64| u64::try_from(value).unwrap_or(0);
+    Ok(Usage {
+        stored_bytes: count(stored_bytes),
+        stored_files: count(stored_files),
+        reserved_bytes: count(session_bytes).saturating_add(count(upload_bytes)),
+        open_sessions: count(sessions),
+        uploads_in_progress: count(uploads),
+        files_in_progress: count(files),
+    })
+}
+
+fn to_sql(value: u64) -> Result<i64, StorageError> {
+    i64::try_from(value).map_err(|_| StorageError::Internal(format!("{value} is out of range")))
+}
+
+fn parse_user(raw: &str) -> Result<Uuid, StorageError> {
+    Uuid::parse_str(raw).map_err(|err| StorageError::Internal(format!("stored user id: {err}")))
 }
 
 async fn insert_file(

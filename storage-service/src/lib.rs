@@ -15,6 +15,7 @@
 //! - [`backend`]: S3 or a local directory behind `object_store`, and download URLs;
 //! - [`links`]: the local backend's HMAC-signed download links;
 //! - [`index`]: the SQLite index of files and sessions;
+//! - [`usage`]: each user's quotas and limits on uploads in progress;
 //! - [`service`]: the gRPC API; [`error`]: its one error type; [`server`]: `run`.
 
 pub mod backend;
@@ -34,6 +35,7 @@ pub mod server;
 pub mod service;
 pub mod sessions;
 pub mod sink;
+pub mod usage;
 
 pub use config::Config;
 pub use error::StorageError;

@@ -24,18 +24,25 @@
 //! only place an upload waits — before a part or a chunk, holding nothing half-filled —
 //! and whatever the upload stored before is aborted by its caller, as on any failure.
 //!
+//! One user may hold at most a share of the budget (`UPLOAD_MEMORY_PER_USER_BYTES`, half
+//! of it by default): a user whose uploads trickle, or who uploads many files at once,
+//! waits for their own share to come free, while other users' uploads find the rest.
+//!
 //! The memory is handed out in blocks of [`BLOCK`] bytes that go back to a free list
 //! when the last reference to their bytes is dropped (the part's S3 request ended), so
 //! steady uploading allocates nothing. Allocating and freeing multi-MiB buffers per part
 //! instead fragments the allocator's heaps: resident memory then grows well past what is
 //! in use.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use uuid::Uuid;
 
 use crate::error::StorageError;
 
@@ -54,71 +61,78 @@ pub struct UploadMemory(Arc<Pool>);
 struct Pool {
     /// One permit per block of the budget. Waiting is first come, first served.
     permits: Arc<Semaphore>,
-    blocks: usize,
     /// Allocated blocks nobody holds, ready for reuse.
     free: Mutex<Vec<Vec<u8>>>,
     /// Whether a block was handed out since the last [`UploadMemory::trim`].
     used: AtomicBool,
     /// How long a reservation may wait for room.
     wait: Duration,
+    /// Blocks one user may hold at once.
+    share: usize,
+    /// Each user's share, while they hold or may soon take some of it.
+    users: Mutex<Shares>,
+}
+
+/// The users' shares; entries of users who hold nothing are dropped as the map grows.
+#[derive(Default)]
+struct Shares {
+    by_user: HashMap<Uuid, Weak<Semaphore>>,
+    prune_at: usize,
 }
 
 impl UploadMemory {
-    /// A budget of `budget` bytes, which must hold the largest single reservation
-    /// (`largest`: a part, or a session chunk); a reservation waits at most `wait`.
-    pub fn new(budget: u64, largest: u64, wait: Duration) -> Result<Self, StorageError> {
-        let blocks = usize::try_from(budget / BLOCK as u64).unwrap_or(usize::MAX);
-        if blocks < blocks_for(usize::try_from(largest).unwrap_or(usize::MAX)) {
+    /// A budget of `budget` bytes, of which one user may hold `per_user`; both must
+    /// hold the largest single reservation (`largest`: a part, or a session chunk). A
+    /// reservation waits at most `wait`.
+    pub fn new(
+        budget: u64,
+        per_user: u64,
+        largest: u64,
+        wait: Duration,
+    ) -> Result<Self, StorageError> {
+        let blocks_of = |bytes: u64| usize::try_from(bytes / BLOCK as u64).unwrap_or(usize::MAX);
+        let (blocks, share) = (blocks_of(budget), blocks_of(per_user));
+        let needed = blocks_for(usize::try_from(largest).unwrap_or(usize::MAX));
+        if blocks.min(share) < needed {
             return Err(StorageError::Internal(format!(
-                "UPLOAD_MEMORY_BYTES ({budget}) must hold at least one part of \
-                 UPLOAD_PART_SIZE and one chunk of MAX_CHUNK_BYTES ({largest} bytes), \
-                 in whole MiB"
+                "UPLOAD_MEMORY_BYTES ({budget}) and UPLOAD_MEMORY_PER_USER_BYTES ({per_user}) \
+                 must each hold at least one part of UPLOAD_PART_SIZE and one chunk of \
+                 MAX_CHUNK_BYTES ({largest} bytes), in whole MiB"
             )));
         }
         Ok(Self(Arc::new(Pool {
             permits: Arc::new(Semaphore::new(blocks)),
-            blocks,
             free: Mutex::new(Vec::new()),
             used: AtomicBool::new(false),
             wait,
+            share: share.min(blocks),
+            users: Mutex::default(),
         })))
     }
 
-    /// Waits until `bytes` of the budget are free and reserves them; fails with
-    /// [`StorageError::Busy`] if they are not free within the wait deadline.
-    pub async fn reserve(&self, bytes: usize) -> Result<Reservation, StorageError> {
-        let blocks = blocks_for(bytes);
-        if blocks > self.0.blocks {
-            return Err(StorageError::Internal(format!(
-                "{bytes} bytes do not fit in UPLOAD_MEMORY_BYTES"
-            )));
-        }
-        let permits = u32::try_from(blocks)
-            .map_err(|_| StorageError::Internal("reservation too large".into()))?;
-        let permit = match self.0.permits.clone().try_acquire_many_owned(permits) {
-            Ok(permit) => permit,
-            Err(_) => {
-                tracing::debug!(bytes, "waiting for upload memory");
-                // Dropping the acquisition on timeout leaves the queue: those behind it
-                // move up, first come first served still.
-                let acquire = self.0.permits.clone().acquire_many_owned(permits);
-                match tokio::time::timeout(self.0.wait, acquire).await {
-                    Ok(permit) => permit
-                        .map_err(|_| StorageError::Internal("upload memory is closed".into()))?,
-                    Err(_) => {
-                        tracing::info!(bytes, wait = ?self.0.wait, "no upload memory came free in time");
-                        return Err(StorageError::Busy {
-                            waited: self.0.wait,
-                            retry_after: BUSY_RETRY_AFTER,
-                        });
-                    }
-                }
+    /// The budget as `user` sees it: reservations count against their share too.
+    pub fn for_user(&self, user: Uuid) -> UserMemory {
+        let mut users = self
+            .0
+            .users
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let share = match users.by_user.get(&user).and_then(Weak::upgrade) {
+            Some(share) => share,
+            None => {
+                let share = Arc::new(Semaphore::new(self.0.share));
+                users.by_user.insert(user, Arc::downgrade(&share));
+                share
             }
         };
-        Ok(Reservation {
+        if users.by_user.len() > users.prune_at {
+            users.by_user.retain(|_, share| share.strong_count() > 0);
+            users.prune_at = (2 * users.by_user.len()).max(64);
+        }
+        UserMemory {
             pool: self.0.clone(),
-            permit: (blocks > 0).then_some(permit),
-        })
+            share,
+        }
     }
 
     /// Frees the idle blocks if none was handed out since the last call: memory
@@ -133,6 +147,63 @@ impl UploadMemory {
     /// Blocks of the budget nobody has reserved.
     pub fn available_blocks(&self) -> usize {
         self.0.permits.available_permits()
+    }
+}
+
+/// The budget as one user sees it; cheap to clone.
+#[derive(Clone)]
+pub struct UserMemory {
+    pool: Arc<Pool>,
+    share: Arc<Semaphore>,
+}
+
+impl UserMemory {
+    /// Waits until `bytes` are free in the user's share and in the budget, and reserves
+    /// them; fails with [`StorageError::Busy`] if they are not within the wait deadline.
+    pub async fn reserve(&self, bytes: usize) -> Result<Reservation, StorageError> {
+        let blocks = blocks_for(bytes);
+        if blocks > self.pool.share {
+            return Err(StorageError::Internal(format!(
+                "{bytes} bytes do not fit in UPLOAD_MEMORY_PER_USER_BYTES"
+            )));
+        }
+        let deadline = Instant::now() + self.pool.wait;
+        // The user's own share first: while it is used up, the user waits without
+        // taking any of the budget others need.
+        let share = acquire(&self.share, blocks, deadline, self.pool.wait).await?;
+        let permit = acquire(&self.pool.permits, blocks, deadline, self.pool.wait).await?;
+        Ok(Reservation {
+            pool: self.pool.clone(),
+            permit: (blocks > 0).then_some((permit, share)),
+        })
+    }
+}
+
+/// `blocks` permits of `semaphore`, waiting until `deadline` at most.
+async fn acquire(
+    semaphore: &Arc<Semaphore>,
+    blocks: usize,
+    deadline: Instant,
+    wait: Duration,
+) -> Result<OwnedSemaphorePermit, StorageError> {
+    let permits = u32::try_from(blocks)
+        .map_err(|_| StorageError::Internal("reservation too large".into()))?;
+    if let Ok(permit) = semaphore.clone().try_acquire_many_owned(permits) {
+        return Ok(permit);
+    }
+    tracing::debug!(blocks, "waiting for upload memory");
+    // Dropping the acquisition on timeout leaves the queue: those behind it move up,
+    // first come first served still.
+    let acquire = semaphore.clone().acquire_many_owned(permits);
+    match tokio::time::timeout_at(deadline, acquire).await {
+        Ok(permit) => permit.map_err(|_| StorageError::Internal("upload memory is closed".into())),
+        Err(_) => {
+            tracing::info!(blocks, ?wait, "no upload memory came free in time");
+            Err(StorageError::Busy {
+                waited: wait,
+                retry_after: BUSY_RETRY_AFTER,
+            })
+        }
     }
 }
 
@@ -154,15 +225,19 @@ fn blocks_for(bytes: usize) -> usize {
 /// returned when the reservation is dropped.
 pub struct Reservation {
     pool: Arc<Pool>,
-    permit: Option<OwnedSemaphorePermit>,
+    /// Blocks of the budget and of the user's share.
+    permit: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
 }
 
 impl Reservation {
     /// The next block of the reservation, or `None` once it is used up.
     pub fn block(&mut self) -> Option<Block> {
-        let permit = match self.permit.as_ref()?.num_permits() {
+        let permit = match self.permit.as_ref()?.0.num_permits() {
             1 => self.permit.take()?,
-            _ => self.permit.as_mut()?.split(1)?,
+            _ => {
+                let (budget, share) = self.permit.as_mut()?;
+                (budget.split(1)?, share.split(1)?)
+            }
         };
         self.pool.used.store(true, Ordering::Relaxed);
         let buffer = self
@@ -185,7 +260,7 @@ pub struct Block {
     pool: Arc<Pool>,
     // Dropped after `Drop::drop` has put the buffer back, so whoever the permit goes to
     // finds the buffer free.
-    _permit: OwnedSemaphorePermit,
+    _permit: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 }
 
 impl Block {
@@ -249,10 +324,53 @@ mod tests {
     const MIB: u64 = BLOCK as u64;
     const WAIT: Duration = Duration::from_secs(30);
 
+    /// A budget of `budget` bytes that one user may take whole, as seen by that user.
+    fn unshared(budget: u64, largest: u64, wait: Duration) -> Result<UserMemory, StorageError> {
+        Ok(UploadMemory::new(budget, budget, largest, wait)?.for_user(Uuid::nil()))
+    }
+
+    impl UserMemory {
+        fn available_blocks(&self) -> usize {
+            self.pool.permits.available_permits()
+        }
+    }
+
+    #[tokio::test]
+    async fn one_user_takes_at_most_their_share_and_others_find_the_rest() {
+        let wait = Duration::from_millis(100);
+        let memory = UploadMemory::new(4 * MIB, 2 * MIB, MIB, wait).unwrap();
+        let (greedy, other) = (
+            memory.for_user(Uuid::from_u128(1)),
+            memory.for_user(Uuid::from_u128(2)),
+        );
+        let held = greedy.reserve(2 * BLOCK).await.unwrap();
+        let err = greedy.reserve(1).await.err().expect("the share is used up");
+        assert!(matches!(err, StorageError::Busy { .. }), "{err}");
+        // Waiting on their own share took nothing of the budget.
+        assert_eq!(memory.available_blocks(), 2);
+        let _others = other.reserve(2 * BLOCK).await.unwrap();
+        drop(held);
+        greedy.reserve(2 * BLOCK).await.unwrap();
+        assert!(UploadMemory::new(4 * MIB, MIB - 1, MIB, wait).is_err());
+    }
+
+    #[test]
+    fn shares_of_users_who_hold_nothing_are_forgotten() {
+        let memory = UploadMemory::new(2 * MIB, MIB, MIB, WAIT).unwrap();
+        let kept = memory.for_user(Uuid::from_u128(0));
+        for user in 1..1000 {
+            drop(memory.for_user(Uuid::from_u128(user)));
+        }
+        let users = memory.0.users.lock().unwrap();
+        assert!(users.by_user.len() <= 64, "{}", users.by_user.len());
+        assert!(users.by_user.contains_key(&Uuid::from_u128(0)));
+        drop(kept);
+    }
+
     #[tokio::test]
     async fn waiting_for_room_ends_at_the_deadline_and_takes_nothing() {
         let wait = Duration::from_millis(100);
-        let memory = UploadMemory::new(2 * MIB, MIB, wait).unwrap();
+        let memory = unshared(2 * MIB, MIB, wait).unwrap();
         let held = memory.reserve(2 * BLOCK).await.unwrap();
         let started = std::time::Instant::now();
         let err = memory
@@ -277,7 +395,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reservation_that_gets_room_in_time_waits_for_it() {
-        let memory = UploadMemory::new(MIB, MIB, Duration::from_secs(5)).unwrap();
+        let memory = unshared(MIB, MIB, Duration::from_secs(5)).unwrap();
         let held = memory.reserve(BLOCK).await.unwrap();
         let waiting = tokio::spawn({
             let memory = memory.clone();
@@ -291,14 +409,14 @@ mod tests {
 
     #[test]
     fn a_budget_must_hold_the_largest_reservation() {
-        assert!(UploadMemory::new(8 * MIB, 8 * MIB, WAIT).is_ok());
-        let err = UploadMemory::new(8 * MIB - 1, 8 * MIB, WAIT).err().unwrap();
+        assert!(unshared(8 * MIB, 8 * MIB, WAIT).is_ok());
+        let err = unshared(8 * MIB - 1, 8 * MIB, WAIT).err().unwrap();
         assert!(err.to_string().contains("UPLOAD_MEMORY_BYTES"), "{err}");
     }
 
     #[tokio::test]
     async fn blocks_return_to_the_budget_when_their_bytes_are_dropped() {
-        let memory = UploadMemory::new(4 * MIB, MIB, WAIT).unwrap();
+        let memory = unshared(4 * MIB, MIB, WAIT).unwrap();
         let mut reservation = memory.reserve(3 * BLOCK - 1).await.unwrap();
         assert_eq!(memory.available_blocks(), 1);
         let mut block = reservation.block().unwrap();
@@ -319,7 +437,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reservation_hands_out_exactly_its_blocks_and_buffers_are_reused() {
-        let memory = UploadMemory::new(2 * MIB, MIB, WAIT).unwrap();
+        let memory = unshared(2 * MIB, MIB, WAIT).unwrap();
         let mut reservation = memory.reserve(2 * BLOCK).await.unwrap();
         let first = reservation.block().unwrap();
         let address = first.buffer.as_ptr();
@@ -332,7 +450,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reservation_waits_for_room_first_come_first_served() {
-        let memory = UploadMemory::new(2 * MIB, MIB, WAIT).unwrap();
+        let memory = unshared(2 * MIB, MIB, WAIT).unwrap();
         let held = memory.reserve(BLOCK).await.unwrap();
         let big = tokio::spawn({
             let memory = memory.clone();
@@ -354,8 +472,9 @@ mod tests {
 
     #[tokio::test]
     async fn trimming_frees_idle_blocks_only_after_a_quiet_interval() {
-        let memory = UploadMemory::new(2 * MIB, MIB, WAIT).unwrap();
-        drop(memory.reserve(BLOCK).await.unwrap().block());
+        let memory = UploadMemory::new(2 * MIB, MIB, MIB, WAIT).unwrap();
+        let user = memory.for_user(Uuid::nil());
+        drop(user.reserve(BLOCK).await.unwrap().block());
         memory.trim();
         assert_eq!(memory.0.lock_free().len(), 1, "used since the last trim");
         memory.trim();

@@ -5,7 +5,7 @@
 //! starts only when a first part is full, so a file smaller than a part is one PUT —
 //! one request instead of three, and nothing that could leak.
 //!
-//! A part's memory is reserved from the shared [`UploadMemory`] before its first byte is
+//! A part's memory is reserved from the shared [`crate::memory::UploadMemory`] (within its user's share) before its first byte is
 //! read (just what is left of a declared size, if that is less) and goes back when the
 //! part's upload ends. Chunks are copied into the reserved blocks rather than kept as
 //! slices: a slice would pin the whole receive buffer it came from, outside the budget.
@@ -19,7 +19,7 @@ use object_store::{MultipartUpload, ObjectStore, PutMultipartOptions, PutOptions
 use tokio::task::JoinSet;
 
 use crate::error::StorageError;
-use crate::memory::{Block, Reservation, UploadMemory};
+use crate::memory::{Block, Reservation, UserMemory};
 use crate::multipart::Multipart;
 
 /// Where the parts go.
@@ -40,7 +40,7 @@ enum Started {
 
 pub struct PartWriter {
     destination: Destination,
-    memory: UploadMemory,
+    memory: UserMemory,
     path: Path,
     options: PutMultipartOptions,
     started: Option<Started>,
@@ -62,7 +62,7 @@ pub struct PartWriter {
 impl PartWriter {
     pub fn new(
         destination: Destination,
-        memory: UploadMemory,
+        memory: UserMemory,
         path: Path,
         options: PutMultipartOptions,
         part_size: usize,

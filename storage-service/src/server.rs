@@ -20,6 +20,7 @@ use crate::memory::UploadMemory;
 use crate::multipart::Multipart;
 use crate::policy::UploadPolicy;
 use crate::service::StorageApi;
+use crate::usage::LEASE_RENEWAL;
 
 /// Room for a message's framing around its largest chunk.
 const MESSAGE_OVERHEAD: usize = 64 * 1024;
@@ -36,9 +37,11 @@ pub async fn run(
         storage.clone(),
         sweep_interval(config.upload_session_ttl()),
     ));
+    let leases = tokio::spawn(keep_leases(storage.clone()));
+    let verifier = verifier(&config)?;
     let api = StorageApi {
         storage: storage.clone(),
-        verifier: verifier(&config)?,
+        verifier: verifier.clone(),
     };
     let max_message = config.max_chunk_bytes as usize + MESSAGE_OVERHEAD;
     let service = StorageServiceServer::new(api)
@@ -48,6 +51,7 @@ pub async fn run(
     let service = UploadGuard::new(
         service,
         storage.upload_memory.clone(),
+        verifier,
         config.max_chunk_bytes as usize,
         config.upload_idle_timeout(),
         MinRate {
@@ -71,6 +75,7 @@ pub async fn run(
         .set_not_serving::<StorageServiceServer<StorageApi>>()
         .await;
     sweeper.abort();
+    leases.abort();
     storage.index.close().await;
     served.map_err(|err| StorageError::Internal(format!("gRPC server failed: {err}")))
 }
@@ -108,6 +113,7 @@ async fn build(config: &Config) -> Result<Storage, StorageError> {
         multipart,
         upload_memory: UploadMemory::new(
             config.upload_memory_bytes,
+            config.upload_memory_per_user_bytes(),
             config.upload_part_size.max(config.max_chunk_bytes),
             config.upload_memory_wait(),
         )?,
@@ -117,6 +123,7 @@ async fn build(config: &Config) -> Result<Storage, StorageError> {
         parts_in_flight: config.upload_parts_in_flight as usize,
         max_chunk_bytes: config.max_chunk_bytes,
         session_ttl: config.upload_session_ttl(),
+        limits: config.limits(),
         digests: Default::default(),
         appending: Default::default(),
     })
@@ -169,6 +176,23 @@ async fn clean_up(storage: Arc<Storage>, interval: Duration) {
                     tracing::warn!(%err, "listing abandoned multipart uploads failed; retrying next interval")
                 }
             }
+        }
+    }
+}
+
+/// Renews the leases of the uploads this process is receiving (`usage.rs`), and drops
+/// those of processes that stopped renewing theirs.
+async fn keep_leases(storage: Arc<Storage>) {
+    let mut ticks = tokio::time::interval(LEASE_RENEWAL);
+    loop {
+        ticks.tick().await;
+        if let Err(err) = storage.index.renew_leases().await {
+            tracing::warn!(%err, "renewing the leases of uploads in progress failed; retrying");
+        }
+        match storage.index.sweep_expired_leases().await {
+            Ok(0) => {}
+            Ok(swept) => tracing::info!(swept, "dropped uploads in progress whose process stopped"),
+            Err(err) => tracing::warn!(%err, "sweeping expired upload leases failed; retrying"),
         }
     }
 }

@@ -11,9 +11,10 @@ use strongbox_proto::storage::v1::{
     AbortUploadRequest, AbortUploadResponse, CompleteUploadRequest, CompleteUploadResponse,
     CreateUploadRequest, CreateUploadResponse, DeleteFileRequest, DeleteFileResponse,
     DownloadRequest, DownloadResponse, FileInfo, FileMetadata, GetDownloadUrlRequest,
-    GetDownloadUrlResponse, GetUploadStatusRequest, GetUploadStatusResponse, ListFilesRequest,
-    ListFilesResponse, PutFileRequest, PutFileResponse, StatFileRequest, StatFileResponse,
-    UploadChunkRequest, UploadChunkResponse, UploadRequest, UploadResponse,
+    GetDownloadUrlResponse, GetUploadStatusRequest, GetUploadStatusResponse, GetUsageRequest,
+    GetUsageResponse, ListFilesRequest, ListFilesResponse, PutFileRequest, PutFileResponse,
+    StatFileRequest, StatFileResponse, UploadChunkRequest, UploadChunkResponse, UploadRequest,
+    UploadResponse,
 };
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
@@ -24,6 +25,7 @@ use crate::index::FileRow;
 use crate::names::UploadId;
 use crate::protocol::{Step, UploadProtocol};
 use crate::sink::UploadSink;
+use crate::usage::InFlight;
 
 pub struct StorageApi {
     pub(crate) storage: Arc<Storage>,
@@ -52,26 +54,32 @@ async fn store_stream(
     let first = stream.message().await.map_err(StorageError::ClientStream)?;
     let (metadata, mut protocol) = UploadProtocol::start(first)?;
     let file = storage.plan(user, metadata)?;
+    let mut upload = storage.admit_file(&file).await?;
     let mut sink = storage.open_sink(&file);
-    if let Err(err) = receive(&mut stream, &mut protocol, &mut sink).await {
+    if let Err(err) = receive(&mut stream, &mut protocol, &mut sink, &mut upload).await {
         tracing::info!(%err, received = sink.received(), "upload failed; aborting");
         sink.abort().await;
+        upload.end().await;
         return Err(err);
     }
-    storage.commit(file, sink).await
+    storage.commit(file, sink, upload).await
 }
 
-/// Moves every chunk of the stream into the sink, until the protocol says the file is
-/// complete.
+/// Moves every chunk of the stream into the sink, within the upload's quota, until the
+/// protocol says the file is complete.
 async fn receive(
     stream: &mut Streaming<UploadRequest>,
     protocol: &mut UploadProtocol,
     sink: &mut UploadSink,
+    upload: &mut InFlight,
 ) -> Result<(), StorageError> {
     loop {
         let message = stream.message().await.map_err(StorageError::ClientStream)?;
         match protocol.next(message)? {
-            Step::Chunk(chunk) => sink.write(chunk).await?,
+            Step::Chunk(chunk) => {
+                upload.cover(sink.received() + chunk.len() as u64).await?;
+                sink.write(chunk).await?
+            }
             Step::Continue => {}
             Step::Done => return Ok(()),
         }
@@ -108,8 +116,9 @@ impl StorageService for StorageApi {
             return Err(StorageError::MessageTooLarge { limit }.into());
         }
         let file = self.storage.plan(user, metadata)?;
+        let upload = self.storage.admit_whole(&file, data.len() as u64).await?;
         let storage = self.storage.clone();
-        let row = detached(async move { storage.store_whole(file, data).await }).await?;
+        let row = detached(async move { storage.store_whole(file, data, upload).await }).await?;
         let file = self.storage.describe(&row).await?;
         Ok(Response::new(PutFileResponse { file: Some(file) }))
     }
@@ -240,6 +249,26 @@ impl StorageService for StorageApi {
         Ok(Response::new(messages.boxed()))
     }
 
+    async fn get_usage(
+        &self,
+        request: Request<GetUsageRequest>,
+    ) -> Result<Response<GetUsageResponse>, Status> {
+        let user = self.verifier.authenticate(&request).await?;
+        let usage = self.storage.index.usage(user, now_ms()).await?;
+        let limits = &self.storage.limits;
+        Ok(Response::new(GetUsageResponse {
+            bytes_used: usage.stored_bytes,
+            files: usage.stored_files,
+            bytes_reserved: usage.reserved_bytes,
+            open_sessions: saturating_u32(usage.open_sessions),
+            uploads_in_progress: saturating_u32(usage.uploads_in_progress),
+            quota_bytes: limits.quota_bytes,
+            max_files: limits.max_files,
+            max_open_sessions: limits.max_open_sessions,
+            max_concurrent_uploads: limits.max_concurrent_uploads,
+        }))
+    }
+
     async fn delete_file(
         &self,
         request: Request<DeleteFileRequest>,
@@ -248,6 +277,10 @@ impl StorageService for StorageApi {
         self.storage.delete(user, &request.into_inner().key).await?;
         Ok(Response::new(DeleteFileResponse {}))
     }
+}
+
+fn saturating_u32(count: u64) -> u32 {
+    u32::try_from(count).unwrap_or(u32::MAX)
 }
 
 fn required(metadata: Option<FileMetadata>) -> Result<FileMetadata, Status> {

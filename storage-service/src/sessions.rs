@@ -69,11 +69,12 @@ impl Storage {
                 .as_ref()
                 .map(|sha| sha.as_str().to_owned()),
             received: 0,
+            reserved: file.expect.size.unwrap_or(0) as i64,
             state: OPEN.to_owned(),
             created_at: now,
             expires_at: now + self.session_ttl.as_millis() as i64,
         };
-        if let Err(err) = self.index.insert_session(&session).await {
+        if let Err(err) = self.index.admit_session(&session, &self.limits).await {
             if let (Some(multipart), Some(id)) = (&self.multipart, multipart_id) {
                 multipart.abort(&file.key.path(), &id).await;
             }
@@ -153,13 +154,37 @@ impl Storage {
                 received: total,
             });
         }
+        let chunk = self
+            .index
+            .admit_chunk(user, id, total, &self.limits)
+            .await?;
+        let appended = self
+            .store_and_commit(user, id, &session, (offset, data), predecessor, announced)
+            .await;
+        chunk.end().await;
+        appended
+    }
+
+    /// Stores a chunk that passed every check and commits it to the session, after its
+    /// predecessor if it has one on its way.
+    async fn store_and_commit(
+        &self,
+        user: Uuid,
+        id: UploadId,
+        session: &SessionRow,
+        (offset, data): (u64, Bytes),
+        predecessor: Option<Predecessor>,
+        announced: Announced<'_>,
+    ) -> Result<u64, StorageError> {
+        let length = data.len() as u64;
+        let declared = session.declared_size.map(|size| size as u64);
         let stored = match (&self.multipart, predecessor) {
             (Some(multipart), None) => {
                 let (index, last_length) = self.index.chunk_tail(id).await?;
                 check_previous_chunk(last_length)?;
                 let index = index as usize;
                 announced.part_is(index);
-                self.put_part(multipart, &session, index, offset, data.clone(), declared)
+                self.put_part(multipart, session, index, offset, data.clone(), declared)
                     .await?
             }
             (None, None) => self.stage_chunk(id, offset, data.clone()).await?,
@@ -173,7 +198,7 @@ impl Storage {
                 let stored = self
                     .put_part(
                         multipart,
-                        &session,
+                        session,
                         before + 1,
                         offset,
                         data.clone(),

@@ -10,9 +10,10 @@ use strongbox_proto::auth::v1::MeRequest;
 use strongbox_proto::storage::v1::storage_service_client::StorageServiceClient;
 use strongbox_proto::storage::v1::{
     CompleteUploadRequest, CreateUploadRequest, CreateUploadResponse, DownloadRequest, FileInfo,
-    FileMetadata, ListFilesRequest, PutFileRequest, UploadEnd, UploadRequest, UploadResponse,
-    download_response, upload_request,
+    FileMetadata, GetUploadStatusRequest, GetUsageRequest, GetUsageResponse, ListFilesRequest,
+    PutFileRequest, UploadEnd, UploadRequest, UploadResponse, download_response, upload_request,
 };
+use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 use uuid::Uuid;
@@ -233,6 +234,40 @@ impl User {
         Ok(file.expect("PutFile describes the stored file"))
     }
 
+    /// Opens an Upload stream of `metadata` whose later messages are sent through the
+    /// returned channel; the call runs as a task.
+    pub fn open_upload(&self, metadata: FileMetadata) -> (mpsc::Sender<UploadRequest>, UploadCall) {
+        let (sender, receiver) = mpsc::channel(8);
+        sender
+            .try_send(UploadRequest {
+                payload: Some(upload_request::Payload::Metadata(metadata)),
+            })
+            .expect("room for the metadata");
+        let (mut client, request) = (
+            self.client(),
+            self.req(tokio_stream::wrappers::ReceiverStream::new(receiver)),
+        );
+        let call = tokio::spawn(async move {
+            client
+                .upload(request)
+                .await
+                .map(tonic::Response::into_inner)
+        });
+        (sender, call)
+    }
+
+    /// Where an open session of this user resumes (GetUploadStatus).
+    pub async fn session_offset(&self, upload_id: &str) -> u64 {
+        self.client()
+            .get_upload_status(self.req(GetUploadStatusRequest {
+                upload_id: upload_id.to_owned(),
+            }))
+            .await
+            .expect("the session is still there")
+            .into_inner()
+            .offset
+    }
+
     /// Starts a resumable session for `metadata`.
     pub async fn create_session(&self, metadata: FileMetadata) -> CreateUploadResponse {
         self.client()
@@ -269,6 +304,15 @@ impl User {
         .await
     }
 
+    /// What this user stores and has in progress (GetUsage).
+    pub async fn usage(&self) -> GetUsageResponse {
+        self.client()
+            .get_usage(self.req(GetUsageRequest {}))
+            .await
+            .expect("GetUsage")
+            .into_inner()
+    }
+
     pub async fn list_all(&self) -> Vec<FileInfo> {
         self.client()
             .list_files(self.req(ListFilesRequest {
@@ -279,6 +323,23 @@ impl User {
             .expect("list")
             .into_inner()
             .files
+    }
+}
+
+/// An Upload call running as a task.
+pub type UploadCall = tokio::task::JoinHandle<Result<UploadResponse, Status>>;
+
+/// An Upload stream message carrying `bytes`.
+pub fn chunk_message(bytes: Vec<u8>) -> UploadRequest {
+    UploadRequest {
+        payload: Some(upload_request::Payload::Chunk(Bytes::from(bytes))),
+    }
+}
+
+/// The message that ends an Upload stream.
+pub fn end_message() -> UploadRequest {
+    UploadRequest {
+        payload: Some(upload_request::Payload::End(UploadEnd {})),
     }
 }
 

@@ -510,6 +510,135 @@ async fn a_session_the_server_no_longer_has_starts_over() {
     assert!(terminal.pending_uploads().is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_counts_what_is_stored_and_drops_after_a_delete() {
+    let system = System::start(Backend::Local).await;
+    let terminal = Terminal::logged_in(&system).await;
+    let config = &system.stack.config;
+
+    // Every field, under its stable name; no quota is configured, so both are null.
+    assert_eq!(
+        terminal.json(&["usage"]).await,
+        json!({
+            "bytes_used": 0,
+            "files": 0,
+            "bytes_reserved": 0,
+            "open_sessions": 0,
+            "uploads_in_progress": 0,
+            "quota_bytes": null,
+            "max_files": null,
+            "max_open_sessions": config.max_open_sessions_per_user,
+            "max_concurrent_uploads": config.max_concurrent_uploads_per_user,
+        })
+    );
+
+    // One file streamed, one through a resumable session.
+    let work = Scratch::new();
+    let small = pseudo_random(300 * 1024, 8);
+    let large = pseudo_random(9 * MIB + 5, 9);
+    write_file(&work.join("small.bin"), &small);
+    write_file(&work.join("large.bin"), &large);
+    let report = terminal
+        .json(&[
+            "upload",
+            work.join("small.bin").to_str().expect("UTF-8"),
+            work.join("large.bin").to_str().expect("UTF-8"),
+        ])
+        .await;
+    assert_eq!(uploaded(&report, "large.bin")["method"], "resumable");
+    let usage = settled_usage(&terminal).await;
+    assert_eq!(usage["bytes_used"], small.len() + large.len(), "{usage}");
+    assert_eq!(usage["files"], 2, "{usage}");
+    assert_eq!(usage["open_sessions"], 0, "{usage}");
+
+    // A deleted file stops counting at once.
+    terminal
+        .json(&["rm", str_of(uploaded(&report, "small.bin"), "key")])
+        .await;
+    let usage = terminal.json(&["usage"]).await;
+    assert_eq!(usage["bytes_used"], large.len(), "{usage}");
+    assert_eq!(usage["files"], 1, "{usage}");
+
+    assert_eq!(
+        stdout_of(&terminal, &["usage"]).await,
+        "9.0 MiB used, 1 file (no quota)\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_shows_the_quota_and_an_upload_beyond_it_is_refused() {
+    const QUOTA: u64 = MIB as u64;
+    let system = System::start_configured(
+        Backend::Local,
+        |config| {
+            config.user_quota_bytes = Some(QUOTA);
+            config.user_max_files = Some(10);
+        },
+        |_| {},
+    )
+    .await;
+    let terminal = Terminal::logged_in(&system).await;
+    let work = Scratch::new();
+    let quarter = pseudo_random(MIB / 4, 10);
+    write_file(&work.join("quarter.bin"), &quarter);
+    write_file(&work.join("too-big.bin"), &pseudo_random(MIB, 11));
+    terminal
+        .json(&["upload", work.join("quarter.bin").to_str().expect("UTF-8")])
+        .await;
+
+    let usage = settled_usage(&terminal).await;
+    assert_eq!(usage["quota_bytes"], QUOTA, "{usage}");
+    assert_eq!(usage["max_files"], 10, "{usage}");
+    assert_eq!(usage["bytes_used"], quarter.len(), "{usage}");
+    assert_eq!(usage["files"], 1, "{usage}");
+    assert_eq!(
+        stdout_of(&terminal, &["usage"]).await,
+        "256.0 KiB of 1.0 MiB used (25.0%), 1 file of 10\n"
+    );
+
+    // A file that does not fit in what is left is refused, and nothing of it stays counted.
+    let error = terminal
+        .fails(
+            &["upload", work.join("too-big.bin").to_str().expect("UTF-8")],
+            1,
+        )
+        .await;
+    assert_eq!(error["error"]["grpc_code"], "ResourceExhausted", "{error}");
+    assert!(
+        str_of(&error["error"], "message").contains("quota"),
+        "{error}"
+    );
+    let usage = settled_usage(&terminal).await;
+    assert_eq!(usage["bytes_used"], quarter.len(), "{usage}");
+    assert_eq!(usage["files"], 1, "{usage}");
+}
+
+/// `usage --json` once no upload is in progress any more: an upload's reservation is
+/// given back as its call ends, which may be a moment after the client has its answer.
+/// Fails if something stays reserved for longer than 5 s.
+async fn settled_usage(terminal: &Terminal) -> Value {
+    let mut usage = terminal.json(&["usage"]).await;
+    for _ in 0..50 {
+        if usage["uploads_in_progress"] == 0 && usage["bytes_reserved"] == 0 {
+            return usage;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        usage = terminal.json(&["usage"]).await;
+    }
+    panic!("an upload stays in progress: {usage}");
+}
+
+/// What a successful command prints for people.
+async fn stdout_of(terminal: &Terminal, args: &[&str]) -> String {
+    let output = terminal.run(args).await;
+    assert!(
+        output.status.success(),
+        "strongbox-cli {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8")
+}
+
 /// Waits until the running client has recorded its session in uploads.json.
 async fn wait_for_pending_session(terminal: &Terminal, child: &mut Child) -> String {
     for _ in 0..3000 {
@@ -601,6 +730,7 @@ async fn failures_have_distinct_exit_codes() {
         vec!["rm", "some-key"],
         vec!["download", "some-key"],
         vec!["upload", "/nonexistent"],
+        vec!["usage"],
     ] {
         nobody.fails(&args, 3).await;
     }

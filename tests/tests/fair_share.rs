@@ -8,16 +8,19 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use strongbox_proto::storage::v1::{
     AbortUploadRequest, CompleteUploadRequest, FileMetadata, GetUploadStatusRequest,
-    UploadChunkRequest, UploadRequest, upload_request,
+    UploadChunkRequest,
 };
 use strongbox_tests::on_both_backends;
-use strongbox_tests::storage::{Backend, Stack, User, metadata, pseudo_random, sha256_hex};
+use strongbox_tests::storage::{
+    Backend, Stack, User, chunk_message, end_message, metadata, pseudo_random, sha256_hex,
+};
 use tonic::{Code, Status};
 
 on_both_backends!(
     other_spellings_of_an_upload_id_are_refused_and_touch_nothing,
     an_upload_that_finds_no_memory_is_told_to_retry_and_stores_nothing,
     a_trickling_upload_is_cut_and_stores_nothing,
+    one_user_trickling_many_streams_does_not_hold_up_another,
 );
 
 /// The spellings `Uuid::parse_str` accepts for the same id besides the one handed out.
@@ -85,7 +88,7 @@ async fn other_spellings_of_an_upload_id_are_refused_and_touch_nothing(backend: 
             .await;
         assert_refused_as_malformed(status, spelling);
     }
-    assert_eq!(offset_of(&user, &id).await, 0, "no chunk was stored");
+    assert_eq!(user.session_offset(&id).await, 0, "no chunk was stored");
 
     let stored = user
         .client()
@@ -115,61 +118,13 @@ async fn other_spellings_of_an_upload_id_are_refused_and_touch_nothing(backend: 
             .await;
         assert_refused_as_malformed(abort, spelling);
     }
-    assert_eq!(offset_of(&user, &id).await, content.len() as u64);
+    assert_eq!(user.session_offset(&id).await, content.len() as u64);
     assert!(user.list_all().await.is_empty(), "nothing was completed");
 
     let file = user.complete_session(&id).await;
     let (_, downloaded) = user.download(&file.key).await.expect("a download");
     assert!(downloaded == content);
     assert_eq!(user.list_all().await.len(), 1);
-}
-
-async fn offset_of(user: &User, upload_id: &str) -> u64 {
-    user.client()
-        .get_upload_status(user.req(GetUploadStatusRequest {
-            upload_id: upload_id.to_owned(),
-        }))
-        .await
-        .expect("the session is still there")
-        .into_inner()
-        .offset
-}
-
-/// Opens an Upload stream of `filename` whose messages are sent through the returned
-/// channel; the call runs as a task.
-fn open_upload(
-    user: &User,
-    filename: &str,
-) -> (
-    tokio::sync::mpsc::Sender<UploadRequest>,
-    tokio::task::JoinHandle<
-        Result<tonic::Response<strongbox_proto::storage::v1::UploadResponse>, Status>,
-    >,
-) {
-    let (sender, receiver) = tokio::sync::mpsc::channel(8);
-    sender
-        .try_send(UploadRequest {
-            payload: Some(upload_request::Payload::Metadata(metadata(filename, ""))),
-        })
-        .expect("room for the metadata");
-    let (client, request) = (
-        user.client(),
-        user.req(tokio_stream::wrappers::ReceiverStream::new(receiver)),
-    );
-    let call = tokio::spawn(async move { client.clone().upload(request).await });
-    (sender, call)
-}
-
-fn chunk(bytes: Vec<u8>) -> UploadRequest {
-    UploadRequest {
-        payload: Some(upload_request::Payload::Chunk(Bytes::from(bytes))),
-    }
-}
-
-fn end() -> UploadRequest {
-    UploadRequest {
-        payload: Some(upload_request::Payload::End(Default::default())),
-    }
 }
 
 fn assert_busy(outcome: Result<impl std::fmt::Debug, Status>, what: &str, waited: Duration) {
@@ -208,8 +163,8 @@ async fn an_upload_that_finds_no_memory_is_told_to_retry_and_stores_nothing(back
     .await;
     let user = stack.user("busy").await;
     let first = pseudo_random(1024 * 1024, 21);
-    let (holder, held) = open_upload(&user, "holder.bin");
-    holder.send(chunk(first.clone())).await.unwrap();
+    let (holder, held) = user.open_upload(metadata("holder.bin", ""));
+    holder.send(chunk_message(first.clone())).await.unwrap();
     // Let the first upload take the whole budget.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -240,7 +195,7 @@ async fn an_upload_that_finds_no_memory_is_told_to_retry_and_stores_nothing(back
         .await
         .expect("a session chunk that finds no memory must not hang");
     assert_busy(chunked, "a session chunk", started.elapsed());
-    assert_eq!(offset_of(&user, &session.upload_id).await, 0);
+    assert_eq!(user.session_offset(&session.upload_id).await, 0);
     user.client()
         .abort_upload(user.req(AbortUploadRequest {
             upload_id: session.upload_id.clone(),
@@ -249,13 +204,12 @@ async fn an_upload_that_finds_no_memory_is_told_to_retry_and_stores_nothing(back
         .expect("the session is aborted");
 
     // `end`, then the stream closes.
-    holder.send(end()).await.unwrap();
+    holder.send(end_message()).await.unwrap();
     drop(holder);
     let finished = held
         .await
         .unwrap()
-        .expect("the upload holding the memory finishes")
-        .into_inner();
+        .expect("the upload holding the memory finishes");
     let files = user.list_all().await;
     assert_eq!(files.len(), 1, "{files:?}");
     assert_eq!(files[0].key, finished.key);
@@ -282,17 +236,17 @@ async fn a_trickling_upload_is_cut_and_stores_nothing(backend: Backend) {
         .await
         .expect("an upload at normal speed passes");
 
-    let (trickle, trickling) = open_upload(&user, "trickle.bin");
+    let (trickle, trickling) = user.open_upload(metadata("trickle.bin", ""));
     let part = stack.config.upload_part_size as usize;
     for seed in 0..(part / (1024 * 1024) + 1) {
         trickle
-            .send(chunk(pseudo_random(1024 * 1024, 40 + seed as u64)))
+            .send(chunk_message(pseudo_random(1024 * 1024, 40 + seed as u64)))
             .await
             .unwrap();
     }
     let started = Instant::now();
     let dripping = tokio::spawn(async move {
-        while trickle.send(chunk(vec![7])).await.is_ok() {
+        while trickle.send(chunk_message(vec![7])).await.is_ok() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
@@ -326,4 +280,112 @@ async fn a_trickling_upload_is_cut_and_stores_nothing(backend: Backend) {
             "the trickling upload's part is left: {parts:?}"
         );
     }
+}
+
+/// User A holds 16 Upload streams that trickle a byte at a time and 16 open sessions
+/// (the most allowed). User B's 64 MiB Upload and 20 MiB session still complete while
+/// A's streams are open: A's uploads wait on A's own share of the upload memory, so B
+/// finds room (with a 2 s memory deadline, B would fail RESOURCE_EXHAUSTED if A's
+/// streams held the whole budget). A's streams all end with an error within the rate
+/// window — cut for trickling, or refused for waiting on A's share too long — and
+/// store nothing.
+async fn one_user_trickling_many_streams_does_not_hold_up_another(backend: Backend) {
+    const WINDOW: Duration = Duration::from_secs(15);
+    let stack = Stack::start(backend, |config| {
+        config.upload_rate_window_seconds = WINDOW.as_secs();
+        config.upload_memory_wait_seconds = 2;
+    })
+    .await;
+    let (greedy, other) = (stack.user("greedy").await, stack.user("other").await);
+    let mut held_sessions = Vec::new();
+    for index in 0..16 {
+        let session = greedy
+            .create_session(metadata(&format!("held-{index}.bin"), ""))
+            .await;
+        held_sessions.push(session.upload_id);
+    }
+    let started = Instant::now();
+    let mut trickling = Vec::new();
+    let mut drips = Vec::new();
+    for index in 0..16 {
+        let (sender, call) = greedy.open_upload(metadata(&format!("trickle-{index}.bin"), ""));
+        trickling.push(call);
+        drips.push(tokio::spawn(async move {
+            while sender.send(chunk_message(vec![7])).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }));
+    }
+    // Let A's streams take their memory.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let streamed = pseudo_random(64 * 1024 * 1024, 51);
+    let session_content = pseudo_random(20 * 1024 * 1024, 52);
+    let (streamed_file, session_file) = tokio::join!(
+        other.upload_bytes("big.bin", &streamed),
+        upload_in_session(&other, &session_content),
+    );
+    let streamed_file = streamed_file.expect("B's Upload completes beside A's trickles");
+    let session_file = session_file.expect("B's session completes beside A's trickles");
+    let still_open = trickling.iter().filter(|call| !call.is_finished()).count();
+    assert!(
+        still_open > 0,
+        "B finished only after every one of A's streams had ended ({:?})",
+        started.elapsed()
+    );
+
+    for call in trickling {
+        let ended = tokio::time::timeout(2 * WINDOW + Duration::from_secs(10), call)
+            .await
+            .expect("A's stream ends within the window")
+            .unwrap()
+            .expect_err("a trickling stream stores nothing");
+        assert!(
+            matches!(
+                ended.code(),
+                Code::DeadlineExceeded | Code::ResourceExhausted
+            ),
+            "{ended:?}"
+        );
+    }
+    for drip in drips {
+        drip.abort();
+    }
+    assert!(greedy.list_all().await.is_empty());
+    assert_eq!(greedy.usage().await.open_sessions, 16);
+    for upload_id in held_sessions {
+        greedy
+            .client()
+            .abort_upload(greedy.req(AbortUploadRequest { upload_id }))
+            .await
+            .expect("A gives its sessions up");
+    }
+    for (file, content) in [
+        (&streamed_file.key, &streamed),
+        (&session_file, &session_content),
+    ] {
+        let (_, downloaded) = other.download(file).await.expect("download");
+        assert!(downloaded == *content);
+    }
+    let left = stack.settle_stored_files(2).await;
+    assert_eq!(left.len(), 2, "only B's files are stored: {left:?}");
+}
+
+/// Uploads `content` through a session in 8 MiB chunks; returns the file's key.
+async fn upload_in_session(user: &User, content: &[u8]) -> Result<String, Status> {
+    let session = user.create_session(metadata("session.bin", "")).await;
+    let mut offset = 0;
+    for piece in content.chunks(8 * 1024 * 1024) {
+        offset = user
+            .client()
+            .upload_chunk(user.req(UploadChunkRequest {
+                upload_id: session.upload_id.clone(),
+                offset,
+                data: Bytes::copy_from_slice(piece),
+            }))
+            .await?
+            .into_inner()
+            .offset;
+    }
+    Ok(user.complete_session(&session.upload_id).await.key)
 }

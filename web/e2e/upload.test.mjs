@@ -2,10 +2,11 @@
 //
 //   STRONGBOX_URL=http://localhost:8000 node --test web/e2e/
 //
-// The gateway must already be up (with auth and storage behind it). Without STRONGBOX_URL, or
-// without Chromium (/usr/bin/chromium, or CHROMIUM=/path), the tests fail rather than skip: a
-// skipped end-to-end test reads as green and proves nothing. The first test leaves a screenshot
-// of the page in docs/screenshot-upload.png.
+// The gateway must already be up (with auth and storage behind it), with the per-user quotas
+// scripts/e2e.sh sets (USER_QUOTA_BYTES=1000000000 USER_MAX_FILES=1000), which the usage line
+// shows. Without STRONGBOX_URL, or without Chromium (/usr/bin/chromium, or CHROMIUM=/path), the
+// tests fail rather than skip: a skipped end-to-end test reads as green and proves nothing. The
+// first test leaves a screenshot of the page in docs/screenshot-upload.png.
 import assert from "node:assert/strict";
 import { createHash, randomBytes, randomUUID } from "node:crypto";
 import { existsSync } from "node:fs";
@@ -20,6 +21,10 @@ const BASE_URL = process.env.STRONGBOX_URL;
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const SCREENSHOT = fileURLToPath(new URL("../../docs/screenshot-upload.png", import.meta.url));
 const MiB = 1024 * 1024;
+/** The server's quota, as scripts/e2e.sh sets it and the page shows it (in en-US). */
+const QUOTA_BYTES = 1_000_000_000;
+const QUOTA = "1 GB";
+const MAX_FILES = "1,000";
 
 let browser;
 let scratch;
@@ -72,15 +77,28 @@ test("register, log in, upload 20 MiB and a small file, download them intact, de
   }
   assert.equal(calls.filter((call) => call === "PutFile").length, 1, calls.join(" "));
   assert.equal(calls.filter((call) => call === "CreateUpload").length, 1, calls.join(" "));
+  // 20 MiB + 300 KiB = 21,278,720 bytes; the page counts in decimal units, as browsers do.
+  const meter = await usageReads(page, `2 of ${MAX_FILES} files · 21.3 MB of ${QUOTA}`);
+  assert.deepEqual(meter, {
+    hidden: false,
+    value: 20 * MiB + 300 * 1024,
+    max: QUOTA_BYTES,
+    text: `2% used: 21.3 MB of ${QUOTA}`,
+  });
   await mkdir(dirname(SCREENSHOT), { recursive: true });
   await page.screenshot({ path: SCREENSHOT, fullPage: true });
 
-  for (const file of [large, small]) {
+  const usageAfterDeleting = [
+    `1 of ${MAX_FILES} files · 307.2 kB of ${QUOTA}`,
+    `0 of ${MAX_FILES} files · 0 bytes of ${QUOTA}`,
+  ];
+  for (const [index, file] of [large, small].entries()) {
     const listed = fileRow(page, file.name);
     assert.equal(await downloadedSha256(listed), file.sha256, file.name);
     page.once("dialog", (dialog) => dialog.accept());
     await listed.locator('[data-testid="delete"]').click();
     await listed.waitFor({ state: "detached" });
+    await usageReads(page, usageAfterDeleting[index]);
   }
 });
 
@@ -125,11 +143,15 @@ test("an upload interrupted by a reload resumes where it stopped", { timeout: 30
   const listed = fileRow(page, file.name);
   await listed.waitFor();
   assert.equal(await downloadedSha256(listed), file.sha256);
+  // The session's reservation became the file: 48 MiB stored, nothing counted twice.
+  const meter = await usageReads(page, `1 of ${MAX_FILES} files · 50.3 MB of ${QUOTA}`);
+  assert.equal(meter.value, 48 * MiB);
 });
 
 /** A fresh page (its own cookies and storage) that closes when the test ends. */
 async function openPage(t) {
-  const context = await browser.newContext({ baseURL: BASE_URL, viewport: { width: 900, height: 800 } });
+  // en-US: the usage line's numbers are asserted as they read in that locale.
+  const context = await browser.newContext({ baseURL: BASE_URL, locale: "en-US", viewport: { width: 900, height: 800 } });
   t.after(() => context.close());
   const page = await context.newPage();
   page.setDefaultTimeout(60_000);
@@ -155,6 +177,35 @@ function fileRow(page, name) {
   return page.locator('[data-testid="file-row"]', {
     has: page.locator('[data-testid="file-name"]', { hasText: name }),
   });
+}
+
+/**
+ * Waits until the usage line under "My files" is shown and reads exactly `text`, and returns
+ * the state of its quota meter.
+ */
+async function usageReads(page, text) {
+  const line = page.locator('[data-testid="usage"]');
+  const shown = line.locator('[data-testid="usage-text"]');
+  try {
+    await page.waitForFunction(
+      (expected) => {
+        const usage = document.querySelector('[data-testid="usage"]');
+        return !usage.hidden && usage.querySelector('[data-testid="usage-text"]').textContent === expected;
+      },
+      text,
+      { timeout: 15_000 },
+    );
+  } catch {
+    // Say what the page shows instead of only "timed out".
+    assert.equal(await line.isVisible(), true, "the usage line is shown");
+    assert.equal(await shown.textContent(), text, "the usage line");
+  }
+  return line.locator('[data-testid="usage-meter"]').evaluate((meter) => ({
+    hidden: meter.hidden,
+    value: meter.value,
+    max: meter.max,
+    text: meter.getAttribute("aria-valuetext"),
+  }));
 }
 
 /** Writes `size` random bytes to a temp file, a MiB at a time, hashing as it goes. */

@@ -1,5 +1,6 @@
 /**
- * "My files": the caller's files, newest first, a page at a time, each with Download and Delete.
+ * "My files": the caller's files, newest first, a page at a time, each with Download and Delete,
+ * under the usage line (usage-view.ts), which is refreshed whenever the list starts over.
  *
  * Listed URLs expire (`url_expires_at`), so a click on Download asks for a fresh one first;
  * the listed URL stays in `href` for opening in a new tab or copying.
@@ -10,6 +11,7 @@ import { byId, element } from "./dom";
 import { formatBytes, formatDate } from "./format";
 import type { FileInfo } from "./gen/storage/v1/storage_pb";
 import type { StatusLine } from "./status-line";
+import type { UsageView } from "./usage-view";
 
 const PAGE_SIZE = 20;
 
@@ -19,23 +21,31 @@ export class FilesView {
   readonly #loadMore = byId("load-more", HTMLButtonElement);
   readonly #storage: StorageClient;
   readonly #status: StatusLine;
+  readonly #usage: UsageView;
   #nextPageToken = "";
   /** Bumped whenever the list starts over, so that a page from before is dropped. */
   #generation = 0;
 
-  constructor(storage: StorageClient, status: StatusLine) {
+  constructor(storage: StorageClient, status: StatusLine, usage: UsageView) {
     this.#storage = storage;
     this.#status = status;
+    this.#usage = usage;
     this.#loadMore.addEventListener("click", () => void this.#loadPage(this.#nextPageToken));
   }
 
-  /** Shows the first page again, e.g. after an upload or a delete. */
+  /** Shows the first page again, and the usage with it, e.g. after an upload or a delete. */
   async reload(): Promise<void> {
-    this.clear();
-    await this.#loadPage("");
+    this.#startOver();
+    // The usage line keeps its old numbers until the new ones arrive, rather than blink.
+    await Promise.all([this.#loadPage(""), this.#usage.refresh()]);
   }
 
   clear(): void {
+    this.#startOver();
+    this.#usage.clear();
+  }
+
+  #startOver(): void {
     this.#generation += 1;
     this.#list.replaceChildren();
     this.#empty.hidden = true;

@@ -17,6 +17,7 @@ import { Session } from "./session";
 import { SignInForm } from "./sign-in-form";
 import { StatusLine } from "./status-line";
 import { UploadsView } from "./uploads-view";
+import { UsageView } from "./usage-view";
 
 const status = new StatusLine(byId("status", HTMLElement));
 const auth = createClient(AuthService, createTransport());
@@ -29,7 +30,7 @@ const account = createClient(AuthService, userTransport);
 const storage = createClient(StorageService, userTransport);
 
 const workspace = byId("workspace", HTMLElement);
-const files = new FilesView(storage, status);
+const files = new FilesView(storage, status, new UsageView(storage));
 const uploads = new UploadsView(storage, status, () => void files.reload());
 const signIn = new SignInForm(auth, status, (tokens) => {
   session.begin(tokens);

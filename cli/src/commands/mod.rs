@@ -6,6 +6,7 @@ pub mod account;
 pub mod download;
 pub mod files;
 pub mod upload;
+pub mod usage;
 
 use crate::args::{Args, ServerUrl};
 use crate::config_dir::ConfigDir;

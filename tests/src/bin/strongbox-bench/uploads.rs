@@ -31,6 +31,8 @@ pub const MIB: u64 = 1024 * 1024;
 /// slices of one random block, so producing data costs the client nothing.
 const CHUNK: u64 = MIB;
 const SESSION_CHUNK: u64 = 8 * MIB;
+/// The most uploading clients a row may have.
+const MAX_CLIENTS: usize = 16;
 /// Files up to this size go over grpc-web in one PutFile call, as the page sends them.
 const WHOLE_FILE_MAX: u64 = MIB;
 /// The part size and parts in flight storage-service runs with (its defaults), used for
@@ -101,7 +103,9 @@ pub struct Clients {
     storage: StorageServiceClient<Channel>,
     gateway: StorageServiceClient<Channel>,
     grpc_web: GrpcWeb,
-    token: String,
+    /// One user per concurrent client, as on a shared server: the per-user limits (a
+    /// user's share of upload memory, uploads in progress) then shape no row.
+    tokens: Vec<String>,
     block: Bytes,
 }
 
@@ -114,7 +118,12 @@ impl Clients {
             gateway: StorageServiceClient::new(system.gateway.channel())
                 .max_decoding_message_size(16 * MIB as usize),
             grpc_web: grpc_web_client(&system.gateway.url),
-            token: system.user("uploads@bench.example").await,
+            tokens: join_all((0..MAX_CLIENTS).map(|client| async move {
+                system
+                    .user(&format!("uploads-{client}@bench.example"))
+                    .await
+            }))
+            .await,
             block: Bytes::from(pseudo_random(SESSION_CHUNK as usize, 7)),
         }
     }
@@ -130,10 +139,15 @@ pub async fn measure(
     let total = size * concurrency as u64 * rounds;
     let Clients {
         direct,
-        token,
+        tokens,
         block,
         ..
     } = clients;
+    assert!(
+        concurrency <= tokens.len(),
+        "at most {MAX_CLIENTS} clients at once"
+    );
+    let rounds_per_client = rounds as usize;
 
     let mut cpu = [Cpu::default(); 4];
     let meter = CpuMeter::start(system);
@@ -160,9 +174,9 @@ pub async fn measure(
         system.gateway.restart().await;
         warm_up(clients).await;
         let meter = CpuMeter::start(system);
-        let keys = run(concurrency, rounds, |_| {
+        let keys = run(concurrency, rounds, |index| {
             let block = block.clone();
-            let token = token.clone();
+            let token = tokens[index / rounds_per_client].clone();
             async move {
                 match via {
                     Via::Storage => upload_grpc(clients.storage.clone(), token, size, block).await,
@@ -183,7 +197,7 @@ pub async fn measure(
         if column > 0 {
             gateway_peak[column - 1] = mib(system.gateway.process().peak_rss());
         }
-        delete_all(clients.storage.clone(), token, keys).await;
+        delete_all(clients.storage.clone(), tokens, rounds_per_client, keys).await;
     }
     Row {
         size,
@@ -199,7 +213,7 @@ pub async fn measure(
 /// One call on every path, so fresh processes have their connections open and the
 /// signing key fetched before anything is timed (as a running service would).
 async fn warm_up(clients: &Clients) {
-    let list = || with_bearer(ListFilesRequest::default(), &clients.token);
+    let list = || with_bearer(ListFilesRequest::default(), &clients.tokens[0]);
     clients
         .storage
         .clone()
@@ -410,8 +424,15 @@ async fn settle_chunk(call: ChunkCall, again: impl FnOnce() -> ChunkCall) {
     }
 }
 
-async fn delete_all(mut client: StorageServiceClient<Channel>, token: &str, keys: Vec<String>) {
-    for key in keys {
+/// Deletes the files [`run`] returned, each with its client's (user's) token.
+async fn delete_all(
+    mut client: StorageServiceClient<Channel>,
+    tokens: &[String],
+    rounds_per_client: usize,
+    keys: Vec<String>,
+) {
+    for (index, key) in keys.into_iter().enumerate() {
+        let token = &tokens[index / rounds_per_client];
         client
             .delete_file(with_bearer(DeleteFileRequest { key }, token))
             .await

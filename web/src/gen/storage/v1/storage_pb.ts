@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file storage/v1/storage.proto.
  */
 export const file_storage_v1_storage: GenFile = /*@__PURE__*/
-  fileDesc("ChhzdG9yYWdlL3YxL3N0b3JhZ2UucHJvdG8SCnN0b3JhZ2UudjEicgoMRmlsZU1ldGFkYXRhEhAKCGZpbGVuYW1lGAEgASgJEhQKDGNvbnRlbnRfdHlwZRgCIAEoCRIRCgRzaXplGAMgASgESACIAQESEwoGc2hhMjU2GAQgASgJSAGIAQFCBwoFX3NpemVCCQoHX3NoYTI1NiLeAQoIRmlsZUluZm8SEAoIZmlsZW5hbWUYASABKAkSCwoDa2V5GAIgASgJEgsKA3VybBgDIAEoCRIOCgZzdGF0dXMYBCABKAkSDAoEc2l6ZRgFIAEoBBIOCgZzaGEyNTYYBiABKAkSFAoMY29udGVudF90eXBlGAcgASgJEi4KCmNyZWF0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDnVybF9leHBpcmVzX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ/Cg1VcGxvYWRSZXF1ZXN0EiwKCG1ldGFkYXRhGAEgASgLMhguc3RvcmFnZS52MS5GaWxlTWV0YWRhdGFIABIPCgVjaHVuaxgCIAEoDEgAEiQKA2VuZBgDIAEoCzIVLnN0b3JhZ2UudjEuVXBsb2FkRW5kSABCCQoHcGF5bG9hZCILCglVcGxvYWRFbmQi5AEKDlVwbG9hZFJlc3BvbnNlEhAKCGZpbGVuYW1lGAEgASgJEgsKA2tleRgCIAEoCRILCgN1cmwYAyABKAkSDgoGc3RhdHVzGAQgASgJEgwKBHNpemUYBSABKAQSDgoGc2hhMjU2GAYgASgJEhQKDGNvbnRlbnRfdHlwZRgHIAEoCRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg51cmxfZXhwaXJlc19hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiSgoOUHV0RmlsZVJlcXVlc3QSKgoIbWV0YWRhdGEYASABKAsyGC5zdG9yYWdlLnYxLkZpbGVNZXRhZGF0YRIMCgRkYXRhGAIgASgMIjUKD1B1dEZpbGVSZXNwb25zZRIiCgRmaWxlGAEgASgLMhQuc3RvcmFnZS52MS5GaWxlSW5mbyJBChNDcmVhdGVVcGxvYWRSZXF1ZXN0EioKCG1ldGFkYXRhGAEgASgLMhguc3RvcmFnZS52MS5GaWxlTWV0YWRhdGEiiQEKFENyZWF0ZVVwbG9hZFJlc3BvbnNlEhEKCXVwbG9hZF9pZBgBIAEoCRIWCg5tYXhfY2h1bmtfc2l6ZRgCIAEoBBIuCgpleHBpcmVzX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5taW5fY2h1bmtfc2l6ZRgEIAEoBCJFChJVcGxvYWRDaHVua1JlcXVlc3QSEQoJdXBsb2FkX2lkGAEgASgJEg4KBm9mZnNldBgCIAEoBBIMCgRkYXRhGAMgASgMIiUKE1VwbG9hZENodW5rUmVzcG9uc2USDgoGb2Zmc2V0GAEgASgEIisKFkdldFVwbG9hZFN0YXR1c1JlcXVlc3QSEQoJdXBsb2FkX2lkGAEgASgJIpgBChdHZXRVcGxvYWRTdGF0dXNSZXNwb25zZRIRCgl1cGxvYWRfaWQYASABKAkSDgoGb2Zmc2V0GAIgASgEEioKCG1ldGFkYXRhGAMgASgLMhguc3RvcmFnZS52MS5GaWxlTWV0YWRhdGESLgoKZXhwaXJlc19hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiKgoVQ29tcGxldGVVcGxvYWRSZXF1ZXN0EhEKCXVwbG9hZF9pZBgBIAEoCSI8ChZDb21wbGV0ZVVwbG9hZFJlc3BvbnNlEiIKBGZpbGUYASABKAsyFC5zdG9yYWdlLnYxLkZpbGVJbmZvIicKEkFib3J0VXBsb2FkUmVxdWVzdBIRCgl1cGxvYWRfaWQYASABKAkiFQoTQWJvcnRVcGxvYWRSZXNwb25zZSI5ChBMaXN0RmlsZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJIlEKEUxpc3RGaWxlc1Jlc3BvbnNlEiMKBWZpbGVzGAEgAygLMhQuc3RvcmFnZS52MS5GaWxlSW5mbxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiHgoPU3RhdEZpbGVSZXF1ZXN0EgsKA2tleRgBIAEoCSI2ChBTdGF0RmlsZVJlc3BvbnNlEiIKBGZpbGUYASABKAsyFC5zdG9yYWdlLnYxLkZpbGVJbmZvIjgKFUdldERvd25sb2FkVXJsUmVxdWVzdBILCgNrZXkYASABKAkSEgoKZXhwaXJlc19pbhgCIAEoDSJVChZHZXREb3dubG9hZFVybFJlc3BvbnNlEgsKA3VybBgBIAEoCRIuCgpleHBpcmVzX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJCCg9Eb3dubG9hZFJlcXVlc3QSCwoDa2V5GAEgASgJEg8KB2V4cGlyZXMYAiABKAQSEQoJc2lnbmF0dXJlGAMgASgJIlQKEERvd25sb2FkUmVzcG9uc2USJAoEaW5mbxgBIAEoCzIULnN0b3JhZ2UudjEuRmlsZUluZm9IABIPCgVjaHVuaxgCIAEoDEgAQgkKB3BheWxvYWQiIAoRRGVsZXRlRmlsZVJlcXVlc3QSCwoDa2V5GAEgASgJIhQKEkRlbGV0ZUZpbGVSZXNwb25zZTK/BwoOU3RvcmFnZVNlcnZpY2USQQoGVXBsb2FkEhkuc3RvcmFnZS52MS5VcGxvYWRSZXF1ZXN0Ghouc3RvcmFnZS52MS5VcGxvYWRSZXNwb25zZSgBEkIKB1B1dEZpbGUSGi5zdG9yYWdlLnYxLlB1dEZpbGVSZXF1ZXN0Ghsuc3RvcmFnZS52MS5QdXRGaWxlUmVzcG9uc2USUQoMQ3JlYXRlVXBsb2FkEh8uc3RvcmFnZS52MS5DcmVhdGVVcGxvYWRSZXF1ZXN0GiAuc3RvcmFnZS52MS5DcmVhdGVVcGxvYWRSZXNwb25zZRJOCgtVcGxvYWRDaHVuaxIeLnN0b3JhZ2UudjEuVXBsb2FkQ2h1bmtSZXF1ZXN0Gh8uc3RvcmFnZS52MS5VcGxvYWRDaHVua1Jlc3BvbnNlEloKD0dldFVwbG9hZFN0YXR1cxIiLnN0b3JhZ2UudjEuR2V0VXBsb2FkU3RhdHVzUmVxdWVzdBojLnN0b3JhZ2UudjEuR2V0VXBsb2FkU3RhdHVzUmVzcG9uc2USVwoOQ29tcGxldGVVcGxvYWQSIS5zdG9yYWdlLnYxLkNvbXBsZXRlVXBsb2FkUmVxdWVzdBoiLnN0b3JhZ2UudjEuQ29tcGxldGVVcGxvYWRSZXNwb25zZRJOCgtBYm9ydFVwbG9hZBIeLnN0b3JhZ2UudjEuQWJvcnRVcGxvYWRSZXF1ZXN0Gh8uc3RvcmFnZS52MS5BYm9ydFVwbG9hZFJlc3BvbnNlEkgKCUxpc3RGaWxlcxIcLnN0b3JhZ2UudjEuTGlzdEZpbGVzUmVxdWVzdBodLnN0b3JhZ2UudjEuTGlzdEZpbGVzUmVzcG9uc2USRQoIU3RhdEZpbGUSGy5zdG9yYWdlLnYxLlN0YXRGaWxlUmVxdWVzdBocLnN0b3JhZ2UudjEuU3RhdEZpbGVSZXNwb25zZRJXCg5HZXREb3dubG9hZFVybBIhLnN0b3JhZ2UudjEuR2V0RG93bmxvYWRVcmxSZXF1ZXN0GiIuc3RvcmFnZS52MS5HZXREb3dubG9hZFVybFJlc3BvbnNlEkcKCERvd25sb2FkEhsuc3RvcmFnZS52MS5Eb3dubG9hZFJlcXVlc3QaHC5zdG9yYWdlLnYxLkRvd25sb2FkUmVzcG9uc2UwARJLCgpEZWxldGVGaWxlEh0uc3RvcmFnZS52MS5EZWxldGVGaWxlUmVxdWVzdBoeLnN0b3JhZ2UudjEuRGVsZXRlRmlsZVJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChhzdG9yYWdlL3YxL3N0b3JhZ2UucHJvdG8SCnN0b3JhZ2UudjEicgoMRmlsZU1ldGFkYXRhEhAKCGZpbGVuYW1lGAEgASgJEhQKDGNvbnRlbnRfdHlwZRgCIAEoCRIRCgRzaXplGAMgASgESACIAQESEwoGc2hhMjU2GAQgASgJSAGIAQFCBwoFX3NpemVCCQoHX3NoYTI1NiLeAQoIRmlsZUluZm8SEAoIZmlsZW5hbWUYASABKAkSCwoDa2V5GAIgASgJEgsKA3VybBgDIAEoCRIOCgZzdGF0dXMYBCABKAkSDAoEc2l6ZRgFIAEoBBIOCgZzaGEyNTYYBiABKAkSFAoMY29udGVudF90eXBlGAcgASgJEi4KCmNyZWF0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDnVybF9leHBpcmVzX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ/Cg1VcGxvYWRSZXF1ZXN0EiwKCG1ldGFkYXRhGAEgASgLMhguc3RvcmFnZS52MS5GaWxlTWV0YWRhdGFIABIPCgVjaHVuaxgCIAEoDEgAEiQKA2VuZBgDIAEoCzIVLnN0b3JhZ2UudjEuVXBsb2FkRW5kSABCCQoHcGF5bG9hZCILCglVcGxvYWRFbmQi5AEKDlVwbG9hZFJlc3BvbnNlEhAKCGZpbGVuYW1lGAEgASgJEgsKA2tleRgCIAEoCRILCgN1cmwYAyABKAkSDgoGc3RhdHVzGAQgASgJEgwKBHNpemUYBSABKAQSDgoGc2hhMjU2GAYgASgJEhQKDGNvbnRlbnRfdHlwZRgHIAEoCRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg51cmxfZXhwaXJlc19hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiSgoOUHV0RmlsZVJlcXVlc3QSKgoIbWV0YWRhdGEYASABKAsyGC5zdG9yYWdlLnYxLkZpbGVNZXRhZGF0YRIMCgRkYXRhGAIgASgMIjUKD1B1dEZpbGVSZXNwb25zZRIiCgRmaWxlGAEgASgLMhQuc3RvcmFnZS52MS5GaWxlSW5mbyJBChNDcmVhdGVVcGxvYWRSZXF1ZXN0EioKCG1ldGFkYXRhGAEgASgLMhguc3RvcmFnZS52MS5GaWxlTWV0YWRhdGEiiQEKFENyZWF0ZVVwbG9hZFJlc3BvbnNlEhEKCXVwbG9hZF9pZBgBIAEoCRIWCg5tYXhfY2h1bmtfc2l6ZRgCIAEoBBIuCgpleHBpcmVzX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5taW5fY2h1bmtfc2l6ZRgEIAEoBCJFChJVcGxvYWRDaHVua1JlcXVlc3QSEQoJdXBsb2FkX2lkGAEgASgJEg4KBm9mZnNldBgCIAEoBBIMCgRkYXRhGAMgASgMIiUKE1VwbG9hZENodW5rUmVzcG9uc2USDgoGb2Zmc2V0GAEgASgEIisKFkdldFVwbG9hZFN0YXR1c1JlcXVlc3QSEQoJdXBsb2FkX2lkGAEgASgJIpgBChdHZXRVcGxvYWRTdGF0dXNSZXNwb25zZRIRCgl1cGxvYWRfaWQYASABKAkSDgoGb2Zmc2V0GAIgASgEEioKCG1ldGFkYXRhGAMgASgLMhguc3RvcmFnZS52MS5GaWxlTWV0YWRhdGESLgoKZXhwaXJlc19hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiKgoVQ29tcGxldGVVcGxvYWRSZXF1ZXN0EhEKCXVwbG9hZF9pZBgBIAEoCSI8ChZDb21wbGV0ZVVwbG9hZFJlc3BvbnNlEiIKBGZpbGUYASABKAsyFC5zdG9yYWdlLnYxLkZpbGVJbmZvIicKEkFib3J0VXBsb2FkUmVxdWVzdBIRCgl1cGxvYWRfaWQYASABKAkiFQoTQWJvcnRVcGxvYWRSZXNwb25zZSI5ChBMaXN0RmlsZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJIlEKEUxpc3RGaWxlc1Jlc3BvbnNlEiMKBWZpbGVzGAEgAygLMhQuc3RvcmFnZS52MS5GaWxlSW5mbxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiHgoPU3RhdEZpbGVSZXF1ZXN0EgsKA2tleRgBIAEoCSI2ChBTdGF0RmlsZVJlc3BvbnNlEiIKBGZpbGUYASABKAsyFC5zdG9yYWdlLnYxLkZpbGVJbmZvIjgKFUdldERvd25sb2FkVXJsUmVxdWVzdBILCgNrZXkYASABKAkSEgoKZXhwaXJlc19pbhgCIAEoDSJVChZHZXREb3dubG9hZFVybFJlc3BvbnNlEgsKA3VybBgBIAEoCRIuCgpleHBpcmVzX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJCCg9Eb3dubG9hZFJlcXVlc3QSCwoDa2V5GAEgASgJEg8KB2V4cGlyZXMYAiABKAQSEQoJc2lnbmF0dXJlGAMgASgJIlQKEERvd25sb2FkUmVzcG9uc2USJAoEaW5mbxgBIAEoCzIULnN0b3JhZ2UudjEuRmlsZUluZm9IABIPCgVjaHVuaxgCIAEoDEgAQgkKB3BheWxvYWQiIAoRRGVsZXRlRmlsZVJlcXVlc3QSCwoDa2V5GAEgASgJIhQKEkRlbGV0ZUZpbGVSZXNwb25zZSIRCg9HZXRVc2FnZVJlcXVlc3QijAIKEEdldFVzYWdlUmVzcG9uc2USEgoKYnl0ZXNfdXNlZBgBIAEoBBINCgVmaWxlcxgCIAEoBBIWCg5ieXRlc19yZXNlcnZlZBgDIAEoBBIVCg1vcGVuX3Nlc3Npb25zGAQgASgNEhsKE3VwbG9hZHNfaW5fcHJvZ3Jlc3MYBSABKA0SGAoLcXVvdGFfYnl0ZXMYBiABKARIAIgBARIWCgltYXhfZmlsZXMYByABKARIAYgBARIZChFtYXhfb3Blbl9zZXNzaW9ucxgIIAEoDRIeChZtYXhfY29uY3VycmVudF91cGxvYWRzGAkgASgNQg4KDF9xdW90YV9ieXRlc0IMCgpfbWF4X2ZpbGVzMoYICg5TdG9yYWdlU2VydmljZRJBCgZVcGxvYWQSGS5zdG9yYWdlLnYxLlVwbG9hZFJlcXVlc3QaGi5zdG9yYWdlLnYxLlVwbG9hZFJlc3BvbnNlKAESQgoHUHV0RmlsZRIaLnN0b3JhZ2UudjEuUHV0RmlsZVJlcXVlc3QaGy5zdG9yYWdlLnYxLlB1dEZpbGVSZXNwb25zZRJRCgxDcmVhdGVVcGxvYWQSHy5zdG9yYWdlLnYxLkNyZWF0ZVVwbG9hZFJlcXVlc3QaIC5zdG9yYWdlLnYxLkNyZWF0ZVVwbG9hZFJlc3BvbnNlEk4KC1VwbG9hZENodW5rEh4uc3RvcmFnZS52MS5VcGxvYWRDaHVua1JlcXVlc3QaHy5zdG9yYWdlLnYxLlVwbG9hZENodW5rUmVzcG9uc2USWgoPR2V0VXBsb2FkU3RhdHVzEiIuc3RvcmFnZS52MS5HZXRVcGxvYWRTdGF0dXNSZXF1ZXN0GiMuc3RvcmFnZS52MS5HZXRVcGxvYWRTdGF0dXNSZXNwb25zZRJXCg5Db21wbGV0ZVVwbG9hZBIhLnN0b3JhZ2UudjEuQ29tcGxldGVVcGxvYWRSZXF1ZXN0GiIuc3RvcmFnZS52MS5Db21wbGV0ZVVwbG9hZFJlc3BvbnNlEk4KC0Fib3J0VXBsb2FkEh4uc3RvcmFnZS52MS5BYm9ydFVwbG9hZFJlcXVlc3QaHy5zdG9yYWdlLnYxLkFib3J0VXBsb2FkUmVzcG9uc2USSAoJTGlzdEZpbGVzEhwuc3RvcmFnZS52MS5MaXN0RmlsZXNSZXF1ZXN0Gh0uc3RvcmFnZS52MS5MaXN0RmlsZXNSZXNwb25zZRJFCghTdGF0RmlsZRIbLnN0b3JhZ2UudjEuU3RhdEZpbGVSZXF1ZXN0Ghwuc3RvcmFnZS52MS5TdGF0RmlsZVJlc3BvbnNlElcKDkdldERvd25sb2FkVXJsEiEuc3RvcmFnZS52MS5HZXREb3dubG9hZFVybFJlcXVlc3QaIi5zdG9yYWdlLnYxLkdldERvd25sb2FkVXJsUmVzcG9uc2USRwoIRG93bmxvYWQSGy5zdG9yYWdlLnYxLkRvd25sb2FkUmVxdWVzdBocLnN0b3JhZ2UudjEuRG93bmxvYWRSZXNwb25zZTABEksKCkRlbGV0ZUZpbGUSHS5zdG9yYWdlLnYxLkRlbGV0ZUZpbGVSZXF1ZXN0Gh4uc3RvcmFnZS52MS5EZWxldGVGaWxlUmVzcG9uc2USRQoIR2V0VXNhZ2USGy5zdG9yYWdlLnYxLkdldFVzYWdlUmVxdWVzdBocLnN0b3JhZ2UudjEuR2V0VXNhZ2VSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * What a client declares about a file before sending it.
@@ -733,6 +733,100 @@ export const DeleteFileResponseSchema: GenMessage<DeleteFileResponse> = /*@__PUR
   messageDesc(file_storage_v1_storage, 26);
 
 /**
+ * @generated from message storage.v1.GetUsageRequest
+ */
+export type GetUsageRequest = Message<"storage.v1.GetUsageRequest"> & {
+};
+
+/**
+ * Describes the message storage.v1.GetUsageRequest.
+ * Use `create(GetUsageRequestSchema)` to create a new message.
+ */
+export const GetUsageRequestSchema: GenMessage<GetUsageRequest> = /*@__PURE__*/
+  messageDesc(file_storage_v1_storage, 27);
+
+/**
+ * A user's share of the server. An upload counts against the quotas from the moment
+ * it starts: by its declared size, or by the bytes received so far; when it ends its
+ * reservation becomes the stored file, or is given back.
+ *
+ * @generated from message storage.v1.GetUsageResponse
+ */
+export type GetUsageResponse = Message<"storage.v1.GetUsageResponse"> & {
+  /**
+   * Bytes of the caller's stored files.
+   *
+   * @generated from field: uint64 bytes_used = 1;
+   */
+  bytesUsed: bigint;
+
+  /**
+   * The caller's stored files.
+   *
+   * @generated from field: uint64 files = 2;
+   */
+  files: bigint;
+
+  /**
+   * Bytes held for uploads in progress (open sessions included).
+   *
+   * @generated from field: uint64 bytes_reserved = 3;
+   */
+  bytesReserved: bigint;
+
+  /**
+   * Open resumable upload sessions (each counts as a file until it ends).
+   *
+   * @generated from field: uint32 open_sessions = 4;
+   */
+  openSessions: number;
+
+  /**
+   * Uploads being received right now: Upload streams, PutFile calls and session
+   * chunks being stored. Streams and PutFile calls count as files until they end.
+   *
+   * @generated from field: uint32 uploads_in_progress = 5;
+   */
+  uploadsInProgress: number;
+
+  /**
+   * The most bytes the caller may store, reserved bytes included; unset when unlimited.
+   *
+   * @generated from field: optional uint64 quota_bytes = 6;
+   */
+  quotaBytes?: bigint | undefined;
+
+  /**
+   * The most files the caller may have, open sessions and uploads in progress
+   * included; unset when unlimited.
+   *
+   * @generated from field: optional uint64 max_files = 7;
+   */
+  maxFiles?: bigint | undefined;
+
+  /**
+   * The most resumable sessions the caller may have open at once.
+   *
+   * @generated from field: uint32 max_open_sessions = 8;
+   */
+  maxOpenSessions: number;
+
+  /**
+   * The most uploads the caller may have in progress at once.
+   *
+   * @generated from field: uint32 max_concurrent_uploads = 9;
+   */
+  maxConcurrentUploads: number;
+};
+
+/**
+ * Describes the message storage.v1.GetUsageResponse.
+ * Use `create(GetUsageResponseSchema)` to create a new message.
+ */
+export const GetUsageResponseSchema: GenMessage<GetUsageResponse> = /*@__PURE__*/
+  messageDesc(file_storage_v1_storage, 28);
+
+/**
  * StorageService keeps each user's files in object storage (S3/MinIO, or a local
  * directory) under that user's own namespace.
  *
@@ -864,7 +958,7 @@ export const StorageService: GenService<{
     output: typeof DownloadResponseSchema;
   },
   /**
-   * Deletes a file.
+   * Deletes a file; its bytes stop counting against the caller's quota at once.
    *
    * @generated from rpc storage.v1.StorageService.DeleteFile
    */
@@ -872,6 +966,16 @@ export const StorageService: GenService<{
     methodKind: "unary";
     input: typeof DeleteFileRequestSchema;
     output: typeof DeleteFileResponseSchema;
+  },
+  /**
+   * How much the caller stores and has in progress, and the limits that apply.
+   *
+   * @generated from rpc storage.v1.StorageService.GetUsage
+   */
+  getUsage: {
+    methodKind: "unary";
+    input: typeof GetUsageRequestSchema;
+    output: typeof GetUsageResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_storage_v1_storage, 0);
