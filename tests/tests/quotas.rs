@@ -45,8 +45,9 @@ fn stored(usage: &GetUsageResponse) -> (u64, u64) {
 /// session chunk each take their bytes; an upload that would pass the quota — declared
 /// (refused before any byte), undeclared (refused at the byte that passes it), whole,
 /// or a session's chunk — is refused naming the quota, and stores nothing; the last
-/// free byte can be used and not one more; deleting a file or aborting a session gives
-/// its bytes back at once; GetUsage tells the truth throughout.
+/// free byte can be used and not one more; deleting a file, aborting a session or
+/// cancelling an upload gives its bytes back at once; GetUsage tells the truth
+/// throughout.
 async fn a_byte_quota_holds_to_the_byte_on_every_upload_path_and_deleting_frees_it(
     backend: Backend,
 ) {
@@ -142,6 +143,22 @@ async fn a_byte_quota_holds_to_the_byte_on_every_upload_path_and_deleting_frees_
         "a stream that passes the quota",
         "USER_QUOTA_BYTES",
     );
+
+    // A cancelled upload gives its reservation back.
+    let (sender, call) = user.open_upload(FileMetadata {
+        size: Some(40_000),
+        ..metadata("cancelled.bin", "")
+    });
+    sender
+        .send(chunk_message(pseudo_random(10_000, 8)))
+        .await
+        .unwrap();
+    let holding = usage_once(&user, |usage| usage.bytes_reserved == 40_000).await;
+    assert_eq!(holding.uploads_in_progress, 1, "{holding:?}");
+    call.abort();
+    drop(sender);
+    let after = usage_once(&user, |usage| usage.uploads_in_progress == 0).await;
+    assert_eq!(after.bytes_reserved, 0, "{after:?}");
 
     let last = pseudo_random(40_000, 7);
     user.upload(metadata("last.bin", ""), vec![Bytes::from(last.clone())])
@@ -307,14 +324,7 @@ async fn a_user_at_the_limits_on_work_in_progress_is_refused_and_others_are_not(
     let (one, two) = (pseudo_random(1000, 1), pseudo_random(1000, 2));
     first.send(chunk_message(one.clone())).await.unwrap();
     second.send(chunk_message(two.clone())).await.unwrap();
-    let mut usage = busy.usage().await;
-    for _ in 0..50 {
-        if usage.uploads_in_progress == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        usage = busy.usage().await;
-    }
+    let usage = usage_once(&busy, |usage| usage.uploads_in_progress == 2).await;
     assert_eq!(
         (usage.uploads_in_progress, usage.open_sessions),
         (2, 3),
@@ -371,6 +381,19 @@ async fn a_user_at_the_limits_on_work_in_progress_is_refused_and_others_are_not(
         (usage.files, usage.open_sessions, usage.uploads_in_progress),
         (3, 3, 0)
     );
+}
+
+/// GetUsage once `settled` holds of it (the server ends a cancelled upload on its own
+/// time); fails after five seconds.
+async fn usage_once(user: &User, settled: impl Fn(&GetUsageResponse) -> bool) -> GetUsageResponse {
+    for _ in 0..50 {
+        let usage = user.usage().await;
+        if settled(&usage) {
+            return usage;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("usage never settled: {:?}", user.usage().await);
 }
 
 async fn append(user: &User, upload_id: &str, offset: u64, data: Vec<u8>) -> Result<u64, Status> {
