@@ -20,7 +20,8 @@ const PASSWORD_SOURCES: &str = "The password is read from STRONGBOX_PASSWORD if 
     version,
     about = "Upload, list, download and delete your files on a Strongbox server.",
     after_help = "Exit codes: 0 success, 1 error, 2 usage, 3 not logged in or session \
-                  expired, 4 not found, 5 server unavailable, 130 interrupted."
+                  expired, 4 not found, 5 server unavailable (or a download cut short), \
+                  6 downloaded bytes that do not match the file's SHA-256, 130 interrupted."
 )]
 pub struct Args {
     /// The gateway's address [default: the server you logged in to, else http://localhost:8000]
@@ -69,17 +70,36 @@ pub enum Command {
         paths: Vec<PathBuf>,
     },
     /// List your files, newest first
-    Ls,
-    /// Download a file and check its SHA-256
+    Ls {
+        /// Also show each file's size in bytes, content type and SHA-256
+        #[arg(short, long)]
+        long: bool,
+    },
+    /// Download files, checking each one's SHA-256; an interrupted download resumes
+    #[command(after_help = "A download in progress is written to a hidden \
+                      `.NAME.HASH.part` file next to its destination (with a `.part.json` \
+                      saying which file it begins), and renamed into place once the whole \
+                      file's SHA-256 matches the server's. If it is interrupted (Ctrl-C, a \
+                      lost connection), running the same command again downloads only the \
+                      rest, as long as the file on the server is unchanged; otherwise it \
+                      starts over and says so. Bytes that do not match the SHA-256 are \
+                      deleted (exit code 6).")]
     Download {
-        /// The file's key, as `ls` shows it
-        key: String,
-        /// Where to save it: a file path, or an existing folder [default: the file's original name, in the current folder]
+        /// The files' keys, as `ls` shows them
+        #[arg(required = true, value_name = "KEY")]
+        keys: Vec<String>,
+        /// Where to save: for one key a file path or an existing folder, for several a folder (created if missing) [default: the current folder, under each file's original name]
         #[arg(short, long, value_name = "PATH")]
         output: Option<PathBuf>,
-        /// Replace the destination if it already exists
+        /// Replace destinations that already exist
         #[arg(short, long)]
         force: bool,
+        /// Only continue partial downloads: fail for a file that has none to continue [default: continue one if there is one, else start]
+        #[arg(long, conflicts_with = "restart")]
+        resume: bool,
+        /// Start over, discarding any partial download
+        #[arg(long)]
+        restart: bool,
     },
     /// Delete a file
     Rm {

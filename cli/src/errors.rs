@@ -19,6 +19,8 @@ pub mod exit {
     pub const NOT_LOGGED_IN: u8 = 3;
     pub const NOT_FOUND: u8 = 4;
     pub const UNAVAILABLE: u8 = 5;
+    /// Downloaded bytes that do not hash to the SHA-256 the server recorded at upload.
+    pub const CORRUPTED: u8 = 6;
     /// The shell convention for "stopped by SIGINT" (128 + 2).
     pub const INTERRUPTED: u8 = 130;
 }
@@ -60,12 +62,25 @@ pub enum CliError {
     },
 
     #[error(
-        "the downloaded bytes of {key} have SHA-256 {actual}, not {expected}; nothing was saved"
+        "the downloaded bytes of {key} have SHA-256 {actual}, not {expected}; nothing was saved \
+         and the partial download was deleted, so running the command again starts afresh"
     )]
     ChecksumMismatch {
         key: String,
         expected: String,
         actual: String,
+    },
+
+    /// A download whose stream ended cleanly before the file's last byte; what arrived
+    /// is kept, so the next run continues it.
+    #[error(
+        "the download of {key} stopped at {received} of {size} bytes; run the same command \
+         again to continue it"
+    )]
+    Incomplete {
+        key: String,
+        received: u64,
+        size: u64,
     },
 
     #[error("cannot read the password: {0}")]
@@ -76,10 +91,12 @@ pub enum CliError {
     #[error("{0}")]
     Refused(String),
 
-    #[error("{failed} of {total} files could not be uploaded")]
-    UploadsFailed {
+    #[error("{failed} of {total} files could not be {verb}")]
+    SomeFailed {
         failed: usize,
         total: usize,
+        /// What could not be done to them: `uploaded`, `downloaded`.
+        verb: &'static str,
         /// The exit code of the first failure, so a single kind of failure keeps its code.
         exit_code: u8,
     },
@@ -113,18 +130,18 @@ impl CliError {
             Self::NotLoggedIn | Self::LoggedInElsewhere { .. } | Self::SessionExpired => {
                 exit::NOT_LOGGED_IN
             }
-            Self::Unreachable { .. } => exit::UNAVAILABLE,
+            Self::Unreachable { .. } | Self::Incomplete { .. } => exit::UNAVAILABLE,
             Self::Server(status) => match status.code() {
                 Code::Unauthenticated => exit::NOT_LOGGED_IN,
                 Code::NotFound => exit::NOT_FOUND,
                 Code::Unavailable => exit::UNAVAILABLE,
                 _ => exit::GENERAL,
             },
-            Self::UploadsFailed { exit_code, .. } => *exit_code,
+            Self::SomeFailed { exit_code, .. } => *exit_code,
             Self::Interrupted => exit::INTERRUPTED,
+            Self::ChecksumMismatch { .. } => exit::CORRUPTED,
             Self::File { .. }
             | Self::DamagedState { .. }
-            | Self::ChecksumMismatch { .. }
             | Self::Password(_)
             | Self::Refused(_)
             | Self::Internal(_) => exit::GENERAL,

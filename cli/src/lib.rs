@@ -33,8 +33,9 @@ use crate::args::Command;
 use crate::commands::Context;
 
 /// Runs one command to completion and reports how it went, as an exit code. Ctrl-C
-/// drops the command's future, so its guards run: a partial download is deleted and an
-/// upload stream is cancelled (the server keeps nothing of it).
+/// drops the command's future, so its guards run: an upload stream is cancelled (the
+/// server keeps nothing of it), and a partial download keeps what arrived, for the next
+/// `download` to continue.
 pub async fn run(args: Args) -> ExitCode {
     let json = args.json;
     let outcome = tokio::select! {
@@ -58,9 +59,20 @@ async fn execute(args: Args) -> Result<(), CliError> {
         Command::Logout => commands::account::logout(&context).await,
         Command::Whoami => commands::account::whoami(&context).await,
         Command::Upload { paths } => commands::upload::upload(&context, &paths).await,
-        Command::Ls => commands::files::list(&context).await,
-        Command::Download { key, output, force } => {
-            commands::download::download(&context, &key, output.as_deref(), force).await
+        Command::Ls { long } => commands::files::list(&context, long).await,
+        Command::Download {
+            keys,
+            output,
+            force,
+            resume,
+            restart,
+        } => {
+            let options = commands::download::Options {
+                output,
+                force,
+                resume: commands::download::Resume::from_flags(resume, restart),
+            };
+            commands::download::download(&context, &keys, &options).await
         }
         Command::Rm { key } => commands::files::remove(&context, &key).await,
         Command::Usage => commands::usage::usage(&context).await,

@@ -83,12 +83,27 @@ impl Transfer {
     /// Starts (or restarts) sending at `offset`.
     pub fn sending(&self, offset: u64) {
         self.bar.set_message("sending");
-        self.bar.reset_eta();
-        self.sent_up_to(offset);
+        self.start_at(offset);
     }
 
-    pub fn receiving(&self) {
+    /// Starts receiving at `offset`: bytes an earlier run left on disk count as done.
+    pub fn receiving(&self, offset: u64) {
         self.bar.set_message("receiving");
+        self.start_at(offset);
+    }
+
+    /// Moves to `offset` without counting the jump as speed: the rate and ETA then
+    /// measure only the bytes that move from here on.
+    fn start_at(&self, offset: u64) {
+        self.transferred_up_to(offset);
+        // The estimator notes positions when the bar ticks: note this one before
+        // forgetting the rate, or the next tick sees the jump as bytes moved in no time.
+        self.bar.tick();
+        self.bar.reset_eta();
+        if let Some(total) = self.total.as_ref().filter(|_| offset > 0) {
+            total.tick();
+            total.reset_eta();
+        }
     }
 
     pub fn finishing(&self) {
@@ -96,10 +111,11 @@ impl Transfer {
     }
 
     pub fn sent(&self, bytes: u64) {
-        self.sent_up_to(self.counted.load(Ordering::Relaxed) + bytes);
+        self.transferred_up_to(self.counted.load(Ordering::Relaxed) + bytes);
     }
 
-    pub fn sent_up_to(&self, position: u64) {
+    /// Sets how far the file has been sent or received.
+    pub fn transferred_up_to(&self, position: u64) {
         self.bar.set_position(position);
         let before = self.counted.swap(position, Ordering::Relaxed);
         if let Some(total) = &self.total {
@@ -143,6 +159,22 @@ mod tests {
         second.hashed(200);
         second.sending(50);
         assert_eq!(total.position(), 150);
+    }
+
+    #[test]
+    fn a_resumed_download_counts_what_was_on_disk_as_done() {
+        let progress = Progress::new(false);
+        let total = progress.total(2, 300);
+        let resumed = progress.transfer("a", 100, Some(&total));
+        resumed.hashing();
+        resumed.hashed(40);
+        resumed.receiving(40);
+        resumed.transferred_up_to(100);
+        resumed.done();
+        let fresh = progress.transfer("b", 200, Some(&total));
+        fresh.receiving(0);
+        fresh.transferred_up_to(20);
+        assert_eq!(total.position(), 120);
     }
 
     #[test]

@@ -28,6 +28,14 @@ pub const S3_MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 
 pub struct Backend {
     pub store: Arc<dyn ObjectStore>,
+    /// The same store, for reading objects out as streams. On S3 its requests have no
+    /// deadline of their own: a download lasts as long as its client takes to read it
+    /// (`STORAGE_TIMEOUT_SECONDS` over the whole request cut any download slower than
+    /// that). The reader bounds the wait for the answer and for each piece instead
+    /// (`pieces.rs`), with [`Backend::timeout`].
+    pub reads: Arc<dyn ObjectStore>,
+    /// `STORAGE_TIMEOUT_SECONDS`.
+    pub timeout: Duration,
     /// The same store as S3, for its multipart API (`multipart.rs`); `None` locally.
     pub s3: Option<Arc<AmazonS3>>,
     downloads: Downloads,
@@ -60,9 +68,11 @@ impl Backend {
                 dir.display()
             ))
         })?;
-        let store = LocalFileSystem::new_with_prefix(&dir)?;
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(&dir)?);
         Ok(Self {
-            store: Arc::new(store),
+            reads: store.clone(),
+            timeout: config.storage_timeout(),
+            store,
             s3: None,
             downloads: Downloads::Linked(LinkSigner::new(link_secret, &config.public_base_url)?),
             description: format!("directory {}", dir.display()),
@@ -87,7 +97,7 @@ impl Backend {
         create_bucket_if_missing(config, endpoint)
             .await
             .map_err(|err| StorageError::Internal(format!("cannot create {description}: {err}")))?;
-        let store = Arc::new(s3_client(config, endpoint)?);
+        let store = Arc::new(s3_client(config, endpoint, Deadline::Request)?);
         // Listing proves the endpoint, the credentials and the bucket all work.
         store
             .list_with_delimiter(Some(&Path::from("_probe")))
@@ -99,8 +109,10 @@ impl Backend {
             .unwrap_or(endpoint);
         Ok(Self {
             store: store.clone(),
+            reads: Arc::new(s3_client(config, endpoint, Deadline::None)?),
+            timeout: config.storage_timeout(),
             s3: Some(store),
-            downloads: Downloads::Presigned(s3_client(config, public)?),
+            downloads: Downloads::Presigned(s3_client(config, public, Deadline::Request)?),
             description,
         })
     }
@@ -156,11 +168,26 @@ impl Backend {
     }
 }
 
-fn s3_client(config: &Config, endpoint: &str) -> Result<AmazonS3, StorageError> {
+/// What `STORAGE_TIMEOUT_SECONDS` bounds for an S3 client.
+enum Deadline {
+    /// Each request, start to end.
+    Request,
+    /// Nothing: the caller bounds what it waits for (objects read as streams).
+    None,
+}
+
+fn s3_client(
+    config: &Config,
+    endpoint: &str,
+    deadline: Deadline,
+) -> Result<AmazonS3, StorageError> {
     let client_options = ClientOptions::new()
         .with_allow_http(endpoint.starts_with("http://"))
-        .with_timeout(config.storage_timeout())
         .with_connect_timeout(Duration::from_secs(5));
+    let client_options = match deadline {
+        Deadline::Request => client_options.with_timeout(config.storage_timeout()),
+        Deadline::None => client_options.with_timeout_disabled(),
+    };
     // A few quick retries, then fail: an unreachable store must become UNAVAILABLE
     // promptly, not hang the call.
     let retry = RetryConfig {

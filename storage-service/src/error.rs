@@ -66,6 +66,11 @@ pub enum StorageError {
         limit: u32,
         retry_after: std::time::Duration,
     },
+    #[error(
+        "offset {offset} is past the end of the file, which holds {size} bytes; ask for an \
+         offset of at most {size}"
+    )]
+    OutOfRange { offset: u64, size: u64 },
     #[error("the upload stream failed: {0}")]
     ClientStream(Status),
     #[error(transparent)]
@@ -93,6 +98,7 @@ impl From<StorageError> for Status {
             | StorageError::FileQuota { .. }
             | StorageError::TooManySessions { .. } => Status::resource_exhausted(err.to_string()),
             StorageError::ChecksumMismatch { .. } => Status::data_loss(err.to_string()),
+            StorageError::OutOfRange { .. } => Status::out_of_range(err.to_string()),
             // Retryable: `retry-after` (whole seconds, as in HTTP) tells the client when.
             StorageError::Busy { retry_after, .. }
             | StorageError::TooManyUploads { retry_after, .. } => {

@@ -8,7 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
-use object_store::{ObjectStoreExt, PutOptions};
+use object_store::{GetOptions, GetRange, ObjectStoreExt, PutOptions};
 use sha2::{Digest, Sha256};
 use strongbox_proto::storage::v1::{FileInfo, FileMetadata, download_response};
 use uuid::Uuid;
@@ -20,6 +20,7 @@ use crate::memory::UploadMemory;
 use crate::multipart::Multipart;
 use crate::names::{ObjectKey, SafeName, Sha256Hex};
 use crate::parts::{Destination, PartWriter};
+use crate::pieces::{coalesce, stall_deadline};
 use crate::policy::{ContentType, UploadPolicy};
 use crate::sessions::{ChunksInFlight, SessionDigests};
 use crate::sink::{Expectations, UploadSink, Written};
@@ -32,6 +33,9 @@ const DEFAULT_URL_TTL: Duration = Duration::from_secs(3600);
 /// S3 presigned URLs cannot outlive 7 days.
 const MAX_URL_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 const DEFAULT_PAGE_SIZE: u32 = 100;
+/// The most file data one Download message carries: a fraction of the 4 MiB every gRPC
+/// client accepts by default, and one HTTP/2 stream window.
+const DOWNLOAD_MESSAGE_BYTES: usize = 1024 * 1024 - 64 * 1024;
 const MAX_PAGE_SIZE: u32 = 1000;
 
 /// Everything the service shares across calls.
@@ -295,20 +299,37 @@ impl Storage {
         Ok((files, next))
     }
 
-    /// The file's description, then its bytes, streamed from the object store.
-    pub async fn download(&self, row: FileRow) -> Result<DownloadStream, StorageError> {
+    /// The file's description, then its bytes — all of them, or `range` of them —
+    /// streamed from the object store.
+    pub async fn download(
+        &self,
+        row: FileRow,
+        range: ByteRange,
+    ) -> Result<DownloadStream, StorageError> {
+        let span = range.within(row.size as u64)?;
         let info = self.describe(&row).await?;
-        let object = self
-            .backend
-            .store
-            .get(&ObjectKey::from_stored(row.key).path())
-            .await?;
-        let chunks = object
-            .into_stream()
-            .map_ok(download_response::Payload::Chunk)
-            .map_err(StorageError::from);
         let first =
             futures::stream::once(async move { Ok(download_response::Payload::Info(info)) });
+        if span.is_empty() {
+            // Nothing to send: object stores refuse an empty or past-the-end range.
+            return Ok(Box::pin(first));
+        }
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(span)),
+            ..Default::default()
+        };
+        let path = ObjectKey::from_stored(row.key).path();
+        let get = self.backend.reads.get_opts(&path, options);
+        let object = tokio::time::timeout(self.backend.timeout, get)
+            .await
+            .map_err(|_| object_store::Error::Generic {
+                store: "object storage",
+                source: format!("no answer in {} s", self.backend.timeout.as_secs()).into(),
+            })??;
+        let pieces = stall_deadline(object.into_stream(), self.backend.timeout);
+        let chunks = coalesce(pieces, DOWNLOAD_MESSAGE_BYTES)
+            .map_ok(download_response::Payload::Chunk)
+            .map_err(StorageError::from);
         Ok(Box::pin(first.chain(chunks)))
     }
 
@@ -330,6 +351,32 @@ impl Storage {
         if let Err(err) = self.backend.store.delete(&key.path()).await {
             tracing::warn!(%err, %key, "could not remove an object that is not in the index");
         }
+    }
+}
+
+/// The part of a file a Download asks for: from `offset`, `length` bytes at most (to
+/// the end when unset).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ByteRange {
+    pub offset: Option<u64>,
+    pub length: Option<u64>,
+}
+
+impl ByteRange {
+    /// The bytes of a file of `size` bytes this range covers; past the end is
+    /// OUT_OF_RANGE, naming the size.
+    pub fn within(&self, size: u64) -> Result<std::ops::Range<u64>, StorageError> {
+        let start = self.offset.unwrap_or(0);
+        if start > size {
+            return Err(StorageError::OutOfRange {
+                offset: start,
+                size,
+            });
+        }
+        let end = self
+            .length
+            .map_or(size, |length| start.saturating_add(length).min(size));
+        Ok(start..end)
     }
 }
 
@@ -402,6 +449,24 @@ mod tests {
         );
         assert!(parse_page_token("!!!").is_err());
         assert!(parse_page_token(&URL_SAFE_NO_PAD.encode("no-colon")).is_err());
+    }
+
+    #[test]
+    fn a_range_is_cut_to_the_file_and_may_not_start_past_its_end() {
+        let range = |offset, length| ByteRange { offset, length };
+        assert_eq!(range(None, None).within(10).unwrap(), 0..10);
+        assert_eq!(range(Some(4), None).within(10).unwrap(), 4..10);
+        assert_eq!(range(Some(4), Some(3)).within(10).unwrap(), 4..7);
+        assert_eq!(range(Some(4), Some(u64::MAX)).within(10).unwrap(), 4..10);
+        assert_eq!(range(Some(10), None).within(10).unwrap(), 10..10);
+        assert_eq!(range(Some(0), Some(0)).within(10).unwrap(), 0..0);
+        assert!(matches!(
+            range(Some(11), None).within(10),
+            Err(StorageError::OutOfRange {
+                offset: 11,
+                size: 10
+            })
+        ));
     }
 
     #[test]

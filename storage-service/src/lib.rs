@@ -10,6 +10,8 @@
 //! - [`guard`]: idle or trickling upload bodies fail, one-message uploads wait for memory
 //!   (ahead of tonic);
 //! - [`files`]: uploads become files; list, describe, download, delete;
+//! - [`pieces`]: an object's bytes as a download sends them;
+//! - [`pieces`]: an object's bytes as a download sends them;
 //! - [`multipart`]: S3 multipart uploads with their ids on record, so none can leak;
 //! - [`sessions`]: resumable uploads for clients that cannot stream;
 //! - [`backend`]: S3 or a local directory behind `object_store`, and download URLs;
@@ -29,6 +31,7 @@ pub mod memory;
 pub mod multipart;
 pub mod names;
 pub mod parts;
+pub mod pieces;
 pub mod policy;
 pub mod protocol;
 pub mod server;

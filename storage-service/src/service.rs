@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
 use crate::error::StorageError;
-use crate::files::{DownloadStream, Storage, now_ms, timestamp_ms};
+use crate::files::{ByteRange, DownloadStream, Storage, now_ms, timestamp_ms};
 use crate::index::FileRow;
 use crate::names::UploadId;
 use crate::protocol::{Step, UploadProtocol};
@@ -238,7 +238,11 @@ impl StorageService for StorageApi {
                 .verify_link(&link.key, link.expires, &link.signature, now)?;
             self.storage.index.file_by_key(&link.key).await?
         };
-        let stream: DownloadStream = self.storage.download(row).await?;
+        let range = ByteRange {
+            offset: request.get_ref().offset,
+            length: request.get_ref().length,
+        };
+        let stream: DownloadStream = self.storage.download(row, range).await?;
         let messages = stream.map(|payload| {
             payload
                 .map(|payload| DownloadResponse {

@@ -485,7 +485,7 @@ impl Storage {
     /// The SHA-256 of a stored object, read back (only after a restart lost the running
     /// digest of a session).
     async fn digest_of(&self, path: &Path) -> Result<Sha256Hex, StorageError> {
-        let mut pieces = self.backend.store.get(path).await?.into_stream();
+        let mut pieces = self.backend.reads.get(path).await?.into_stream();
         let mut hasher = Sha256::new();
         while let Some(piece) = pieces.try_next().await? {
             hasher.update(&piece);

@@ -691,7 +691,7 @@ async fn a_corrupted_download_is_refused_and_nothing_is_saved() {
     let downloads = Scratch::new();
     let target = downloads.join("ledger.csv");
     let error = terminal
-        .fails(&["download", key, "-o", target.to_str().expect("UTF-8")], 1)
+        .fails(&["download", key, "-o", target.to_str().expect("UTF-8")], 6)
         .await;
     assert!(
         str_of(&error["error"], "message").contains("SHA-256"),
@@ -775,4 +775,317 @@ async fn failures_have_distinct_exit_codes() {
     system.gateway.stop().await.expect("the gateway stops");
     terminal.fails(&["ls"], 5).await;
     assert!(terminal.credentials_file().exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_download_resumes_where_it_stopped() {
+    let system = System::start(Backend::Local).await;
+    let terminal = Terminal::logged_in(&system).await;
+    let work = Scratch::new();
+    let content = pseudo_random(64 * MIB + 7, 12);
+    write_file(&work.join("video.mkv"), &content);
+    let report = terminal
+        .json(&["upload", work.join("video.mkv").to_str().expect("UTF-8")])
+        .await;
+    let key = str_of(uploaded(&report, "video.mkv"), "key");
+    let downloads = Scratch::new();
+    let target = downloads.join("video.mkv");
+    let target_arg = target.to_str().expect("UTF-8");
+
+    // --resume insists on a partial download to continue; there is none yet.
+    let error = terminal
+        .fails(&["download", key, "-o", target_arg, "--resume"], 1)
+        .await;
+    assert!(
+        str_of(&error["error"], "message").contains("no partial download"),
+        "{error}"
+    );
+    assert!(names_in(downloads.path()).is_empty());
+
+    // Killed outright mid-way: what arrived stays, under a hidden name.
+    let (partial, kept, _) = interrupted_download(&terminal, key, &target, "KILL").await;
+    assert!(!target.exists(), "nothing carries the real name yet");
+    assert!(
+        std::fs::read(&partial).expect("the partial") == content[..kept as usize],
+        "the partial holds the file's first {kept} bytes"
+    );
+
+    // The same command again asks only for the rest.
+    let resumed = terminal.json(&["download", key, "-o", target_arg]).await;
+    assert_eq!(resumed["resumed_from"], kept, "{resumed}");
+    assert_eq!(resumed["size"], content.len(), "{resumed}");
+    assert_eq!(resumed["sha256"], sha256_hex(&content), "{resumed}");
+    assert!(std::fs::read(&target).expect("the download") == content);
+    assert_eq!(
+        names_in(downloads.path()),
+        ["video.mkv"],
+        "no partial is left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_download_corrupted_on_disk_fails_the_check_and_leaves_nothing() {
+    let system = System::start(Backend::Local).await;
+    let terminal = Terminal::logged_in(&system).await;
+    let work = Scratch::new();
+    let content = pseudo_random(64 * MIB + 3, 13);
+    write_file(&work.join("backup.tar"), &content);
+    let report = terminal
+        .json(&["upload", work.join("backup.tar").to_str().expect("UTF-8")])
+        .await;
+    let key = str_of(uploaded(&report, "backup.tar"), "key");
+    let downloads = Scratch::new();
+    let target = downloads.join("backup.tar");
+    let target_arg = target.to_str().expect("UTF-8");
+
+    // Ctrl-C mid-way: the client exits 130 and keeps what arrived.
+    let (partial, kept, status) = interrupted_download(&terminal, key, &target, "INT").await;
+    assert_eq!(status.code(), Some(130));
+    let mut on_disk = std::fs::read(&partial).expect("the partial");
+    on_disk[kept as usize / 2] ^= 0xff;
+    std::fs::write(&partial, on_disk).expect("the partial is rewritten");
+
+    // Continuing it hashes the bytes on disk too: the whole file's SHA-256 is wrong.
+    let error = terminal
+        .fails(&["download", key, "-o", target_arg], 6)
+        .await;
+    assert!(
+        str_of(&error["error"], "message").contains("SHA-256"),
+        "{error}"
+    );
+    assert!(
+        names_in(downloads.path()).is_empty(),
+        "neither the file nor the partial is left: {:?}",
+        names_in(downloads.path())
+    );
+
+    // The next run starts afresh.
+    let fresh = terminal.json(&["download", key, "-o", target_arg]).await;
+    assert_eq!(fresh["resumed_from"], Value::Null, "{fresh}");
+    assert!(std::fs::read(&target).expect("the download") == content);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_keys_download_into_one_folder() {
+    let system = System::start(Backend::Local).await;
+    let terminal = Terminal::logged_in(&system).await;
+    let work = Scratch::new();
+    let set = work.join("set");
+    let (first, second, photo) = (
+        b"notes of the first trip\n".to_vec(),
+        b"notes of the second trip\n".to_vec(),
+        pseudo_random(300 * 1024, 14),
+    );
+    write_file(&set.join("first/notes.txt"), &first);
+    write_file(&set.join("second/notes.txt"), &second);
+    write_file(&set.join("photo.jpg"), &photo);
+    let report = terminal
+        .json(&["upload", set.to_str().expect("UTF-8")])
+        .await;
+    let key_of = |filename| str_of(uploaded(&report, filename), "key").to_owned();
+    let (first_key, second_key, photo_key) = (
+        key_of("set/first/notes.txt"),
+        key_of("set/second/notes.txt"),
+        key_of("set/photo.jpg"),
+    );
+
+    // Into a folder that does not exist yet; a key given twice counts once, and a
+    // missing key fails alone.
+    let downloads = Scratch::new();
+    let folder = downloads.join("trip");
+    let output = terminal
+        .run(&[
+            "--json",
+            "download",
+            &first_key,
+            &second_key,
+            &photo_key,
+            "no-such-key",
+            &first_key,
+            "-o",
+            folder.to_str().expect("UTF-8"),
+        ])
+        .await;
+    assert_eq!(
+        output.status.code(),
+        Some(4),
+        "the one failure's code: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    assert_eq!(
+        report["downloaded"].as_array().map(Vec::len),
+        Some(3),
+        "{report}"
+    );
+    let failed = report["failed"].as_array().expect("a failed list");
+    assert_eq!(failed.len(), 1, "{report}");
+    assert_eq!(failed[0]["key"], "no-such-key");
+    assert_eq!(failed[0]["error"]["grpc_code"], "NotFound");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("1 of 4 files could not be downloaded"),
+        "{stderr}"
+    );
+
+    // Both notes.txt are kept, each under its key's own name.
+    let key_name = |key: &str| key.rsplit('/').next().expect("a name").to_owned();
+    let mut expected = vec![
+        key_name(&first_key),
+        key_name(&second_key),
+        "photo.jpg".to_owned(),
+    ];
+    expected.sort();
+    assert_eq!(names_in(&folder), expected);
+    assert_eq!(
+        std::fs::read(folder.join(key_name(&first_key))).expect("first"),
+        first
+    );
+    assert_eq!(
+        std::fs::read(folder.join(key_name(&second_key))).expect("second"),
+        second
+    );
+    assert!(std::fs::read(folder.join("photo.jpg")).expect("the photo") == photo);
+    for saved in report["downloaded"].as_array().expect("a list") {
+        let path = PathBuf::from(str_of(saved, "path"));
+        let bytes = std::fs::read(&path).expect("a saved file");
+        assert_eq!(saved["sha256"], sha256_hex(&bytes), "{saved}");
+    }
+
+    // With several keys, -o must be a folder.
+    let error = terminal
+        .fails(
+            &[
+                "download",
+                &first_key,
+                &photo_key,
+                "-o",
+                folder.join("photo.jpg").to_str().expect("UTF-8"),
+            ],
+            1,
+        )
+        .await;
+    assert!(
+        str_of(&error["error"], "message").contains("not a folder"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ls_long_shows_each_files_sha256() {
+    let system = System::start(Backend::Local).await;
+    let terminal = Terminal::logged_in(&system).await;
+    let work = Scratch::new();
+    let (notes, photo) = (b"remember the milk\n".to_vec(), pseudo_random(5000, 15));
+    write_file(&work.join("notes.txt"), &notes);
+    write_file(&work.join("photo.jpg"), &photo);
+    terminal
+        .json(&[
+            "upload",
+            work.join("notes.txt").to_str().expect("UTF-8"),
+            work.join("photo.jpg").to_str().expect("UTF-8"),
+        ])
+        .await;
+
+    let long = stdout_of(&terminal, &["ls", "--long"]).await;
+    for (name, content) in [("notes.txt", &notes), ("photo.jpg", &photo)] {
+        let line = long
+            .lines()
+            .find(|line| line.ends_with(name))
+            .unwrap_or_else(|| panic!("{name} is not listed: {long}"));
+        assert!(line.contains(&sha256_hex(content)), "{line}");
+        assert!(
+            line.split_whitespace()
+                .any(|word| word == content.len().to_string()),
+            "the exact size: {line}"
+        );
+    }
+    let short = stdout_of(&terminal, &["ls"]).await;
+    assert!(!short.contains(&sha256_hex(&notes)), "{short}");
+
+    // Scripts get the same from --json, with or without --long.
+    let listing = terminal.json(&["ls", "--long"]).await;
+    let hashes: Vec<&str> = listing
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|file| str_of(file, "sha256"))
+        .collect();
+    assert!(hashes.contains(&sha256_hex(&notes).as_str()), "{listing}");
+}
+
+/// The names in `folder`, hidden ones included, sorted.
+fn names_in(folder: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(folder)
+        .expect("a folder")
+        .map(|entry| {
+            entry
+                .expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Starts `download KEY -o TARGET` and stops the client with `signal` (`KILL`, or
+/// `INT` as Ctrl-C sends it) once its partial file next to the target holds 1 MiB.
+/// Returns the partial, the bytes it kept, and how the client exited.
+async fn interrupted_download(
+    terminal: &Terminal,
+    key: &str,
+    target: &Path,
+    signal: &str,
+) -> (PathBuf, u64, std::process::ExitStatus) {
+    let folder = target.parent().expect("a folder");
+    let mut child = terminal
+        .command(&[
+            "--json",
+            "download",
+            key,
+            "-o",
+            target.to_str().expect("UTF-8"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("strongbox-cli starts");
+    let mut partial = None;
+    for _ in 0..10_000 {
+        let growing = names_in(folder)
+            .into_iter()
+            .map(|name| folder.join(name))
+            .find(|path| path.to_string_lossy().ends_with(".part"))
+            .filter(|path| std::fs::metadata(path).is_ok_and(|meta| meta.len() >= MIB as u64));
+        if growing.is_some() {
+            partial = growing;
+            break;
+        }
+        assert!(
+            child.try_wait().expect("a child").is_none(),
+            "the download ended by itself"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let partial = partial.expect("the partial download grew to 1 MiB within 20 s");
+    let pid = child.id().expect("a running client").to_string();
+    let signalled = Command::new("kill")
+        .args([format!("-{signal}"), pid])
+        .status()
+        .await
+        .expect("kill runs");
+    assert!(signalled.success(), "the client was signalled");
+    let status = child.wait().await.expect("the client exits");
+    let kept = std::fs::metadata(&partial)
+        .expect("the partial is kept")
+        .len();
+    let size = std::fs::metadata(target).map(|meta| meta.len()).ok();
+    assert!(
+        size.is_none(),
+        "the download finished before it was stopped"
+    );
+    assert!(kept >= MIB as u64, "{kept} bytes kept");
+    (partial, kept, status)
 }

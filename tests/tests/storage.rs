@@ -1237,6 +1237,7 @@ async fn download_urls_open_with_a_plain_http_get(backend: Backend) {
                     key: uploaded.key.clone(),
                     expires: query["expires"].parse().unwrap(),
                     signature: query["signature"].clone(),
+                    ..Default::default()
                 };
                 let (_, downloaded) = download_with(&user.client(), Request::new(signed.clone()))
                     .await

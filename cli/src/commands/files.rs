@@ -35,8 +35,9 @@ impl From<FileInfo> for Listed {
     }
 }
 
-/// Every file, newest first: the server's order, page after page.
-pub async fn list(context: &Context) -> Result<(), CliError> {
+/// Every file, newest first: the server's order, page after page. `long` adds the
+/// columns a person checks a download against.
+pub async fn list(context: &Context, long: bool) -> Result<(), CliError> {
     let mut session = Session::resume(context).await?;
     let mut files: Vec<Listed> = Vec::new();
     let mut page_token = String::new();
@@ -57,7 +58,7 @@ pub async fn list(context: &Context) -> Result<(), CliError> {
         }
         page_token = page.next_page_token;
     }
-    context.out.result(&files, || table(&files));
+    context.out.result(&files, || table(&files, long));
     Ok(())
 }
 
@@ -80,23 +81,74 @@ pub async fn remove(context: &Context, key: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Columns: key, size, date, original name (last, since it may contain spaces).
-fn table(files: &[Listed]) -> String {
+/// Columns: key, size, date, original name (last, since it may contain spaces); `long`
+/// puts the exact size in bytes, the content type and the SHA-256 before the name.
+fn table(files: &[Listed], long: bool) -> String {
     if files.is_empty() {
         return "no files".to_owned();
     }
-    let key_width = files.iter().map(|file| file.key.len()).max().unwrap_or(0);
+    let key_width = width(files, |file| file.key.len());
+    let bytes_width = width(files, |file| file.size.to_string().len());
+    let type_width = width(files, |file| file.content_type.len());
     files
         .iter()
         .map(|file| {
+            let size = if long {
+                format!("{:>bytes_width$}", file.size)
+            } else {
+                format!("{:>10}", human_size(file.size))
+            };
+            let details = if long {
+                format!("  {:type_width$}  {}", file.content_type, file.sha256)
+            } else {
+                String::new()
+            };
             format!(
-                "{:key_width$}  {:>10}  {}  {}",
-                file.key,
-                human_size(file.size),
-                file.created_at,
-                file.filename
+                "{:key_width$}  {size}  {}{details}  {}",
+                file.key, file.created_at, file.filename
             )
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+fn width(files: &[Listed], of: impl Fn(&Listed) -> usize) -> usize {
+    files.iter().map(of).max().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(key: &str, size: u64, sha256: &str) -> Listed {
+        Listed {
+            key: key.into(),
+            filename: "my notes.txt".into(),
+            size,
+            sha256: sha256.into(),
+            content_type: "text/plain".into(),
+            created_at: "2026-11-05T14:03:09Z".into(),
+        }
+    }
+
+    #[test]
+    fn the_long_listing_shows_bytes_and_sha256() {
+        let files = [
+            listed("u/1-a-notes.txt", 2048, &"ab".repeat(32)),
+            listed("u/2-b-notes.txt", 7, &"cd".repeat(32)),
+        ];
+        let short = table(&files, false);
+        assert!(!short.contains(&"ab".repeat(32)), "{short}");
+        assert!(short.contains("2.0 KiB"), "{short}");
+        let long = table(&files, true);
+        let lines: Vec<&str> = long.lines().collect();
+        assert_eq!(
+            lines[0],
+            format!(
+                "u/1-a-notes.txt  2048  2026-11-05T14:03:09Z  text/plain  {}  my notes.txt",
+                "ab".repeat(32)
+            )
+        );
+        assert!(lines[1].starts_with("u/2-b-notes.txt     7  "), "{long}");
+    }
 }

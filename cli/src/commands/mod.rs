@@ -3,6 +3,7 @@
 //! in, a bare connection), and prints its result through [`crate::output::Output`].
 
 pub mod account;
+pub mod batch;
 pub mod download;
 pub mod files;
 pub mod upload;

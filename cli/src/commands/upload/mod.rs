@@ -4,19 +4,19 @@
 //! Files up to [`RESUMABLE_THRESHOLD`] go in one streaming call ([`streaming`]); larger
 //! ones through a resumable session ([`resumable`]), since re-sending gigabytes after a
 //! dropped connection is the failure users notice. One file's failure does not stop the
-//! others, unless it is one every later file would hit too (the session expired, the
-//! server is down).
+//! others ([`crate::commands::batch`]).
 
 mod local;
 mod resumable;
 mod streaming;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
 use strongbox_proto::storage::v1::{FileInfo, UploadResponse};
 
 use crate::commands::Context;
+use crate::commands::batch::Failures;
 use crate::errors::CliError;
 use crate::output::human_size;
 use crate::pending_uploads::PendingUploads;
@@ -122,7 +122,7 @@ pub async fn upload(context: &Context, paths: &[PathBuf]) -> Result<(), CliError
         skipped: found.skipped,
         ..Report::default()
     };
-    let mut first_failure = None;
+    let mut failures = Failures::new(found.files.len(), "uploaded");
     for file in &found.files {
         let transfer = progress.transfer(&file.name, file.size, total.as_ref());
         let outcome = if file.size > RESUMABLE_THRESHOLD {
@@ -137,18 +137,13 @@ pub async fn upload(context: &Context, paths: &[PathBuf]) -> Result<(), CliError
                 report.uploaded.push(uploaded);
             }
             Err(err) => {
-                let stop = err.stops_everything();
-                // A lone failure, or one that ends the batch, is reported once, as the
-                // command's error; others are listed as they happen.
-                if several && !stop && !context.out.is_json() {
-                    progress.suspend(|| report_file_error(&file.shown, &err));
-                }
+                let shown = file.shown.display().to_string();
+                let error = failures.note(&shown, err, &context.out, &progress);
                 report.failed.push(Failed {
                     path: file.shown.clone(),
-                    error: err.to_json(),
+                    error,
                 });
-                first_failure.get_or_insert(err);
-                if stop {
+                if failures.stopped() {
                     break;
                 }
             }
@@ -160,18 +155,5 @@ pub async fn upload(context: &Context, paths: &[PathBuf]) -> Result<(), CliError
     if context.out.is_json() {
         context.out.result(&report, String::new);
     }
-    match first_failure {
-        None => Ok(()),
-        Some(err) if !several || err.stops_everything() => Err(err),
-        Some(err) => Err(CliError::UploadsFailed {
-            failed: report.failed.len(),
-            total: found.files.len(),
-            exit_code: err.exit_code(),
-        }),
-    }
-}
-
-fn report_file_error(path: &Path, err: &CliError) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr().lock(), "error: {}: {err}", path.display());
+    failures.into_result()
 }

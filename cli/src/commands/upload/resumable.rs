@@ -200,7 +200,7 @@ async fn send(
             )));
         }
         offset = acknowledged;
-        transfer.sent_up_to(offset);
+        transfer.transferred_up_to(offset);
     }
 
     transfer.finishing();

@@ -1,4 +1,4 @@
-//! `docs/BENCHMARKS.md`: the tables, and each target of issues 6 and 12 with its
+//! `docs/BENCHMARKS.md`: the tables, and each target of issues 6, 12 and 16 with its
 //! verdict computed from this run's numbers (never typed in by hand).
 
 use std::fmt::Write as _;
@@ -8,8 +8,9 @@ use crate::Plan;
 use tonic::Code;
 
 use crate::auth::{AuthNumbers, Latencies};
+use crate::downloads::{Downloads, SlowReader, describe};
 use crate::hostile::{Calls, FLOOD_FACTOR, Flood, HostileNumbers, IdleSockets, Step};
-use crate::uploads::{Cpu, MIB, Row, human};
+use crate::transfers::{MIB, Row, cores, human};
 
 const GATEWAY_GRPC_TARGET: f64 = 0.9;
 const GRPC_WEB_TARGET: f64 = 0.7;
@@ -95,7 +96,13 @@ pub fn auth_table(auth: &AuthNumbers) -> String {
     table
 }
 
-pub fn render(plan: &Plan, rows: &[Row], auth: &AuthNumbers, hostile: &HostileNumbers) -> String {
+pub fn render(
+    plan: &Plan,
+    rows: &[Row],
+    downloads: &Downloads,
+    auth: &AuthNumbers,
+    hostile: &HostileNumbers,
+) -> String {
     let mut out = String::new();
     let cpu = cpu_model();
     let _ = write!(
@@ -158,6 +165,8 @@ pub fn render(plan: &Plan, rows: &[Row], auth: &AuthNumbers, hostile: &HostileNu
     for row in rows {
         let _ = writeln!(out, "{}", cost_line(row));
     }
+    out.push('\n');
+    out.push_str(&downloads_section(downloads, plan.least_per_measurement));
     out.push_str("\n## auth-service\n\n");
     out.push_str(&auth_table(auth));
     out.push('\n');
@@ -168,6 +177,7 @@ pub fn render(plan: &Plan, rows: &[Row], auth: &AuthNumbers, hostile: &HostileNu
          | target | this run | verdict |\n|---|---|---|\n",
     );
     push_verdicts(&mut out, verdicts(rows, auth));
+    push_verdicts(&mut out, download_verdicts(downloads));
     push_verdicts(&mut out, hostile_verdicts(hostile));
     out
 }
@@ -175,16 +185,23 @@ pub fn render(plan: &Plan, rows: &[Row], auth: &AuthNumbers, hostile: &HostileNu
 /// (a)'s CPU per MiB over `path`'s (1 to 3: (b) to (d)) in `row`: the ratio to (a) the
 /// path reaches if the machine runs it with as much of its CPU busy as it ran (a).
 fn cost_ratio(row: &Row, path: usize) -> f64 {
-    let per_mib = |cpu: Cpu| cpu.bench + cpu.storage + cpu.gateway;
-    per_mib(row.cpu[0]) / per_mib(row.cpu[path])
+    row.cpu[0].total() / row.cpu[path].total()
 }
 
 fn cost_line(row: &Row) -> String {
-    let [_, b, c, d] = row.rates.map(|rate| rate / row.rates[0]);
     format!(
-        "| {} | {} | {b:.2} / {:.2} | {c:.2} / {:.2} | {d:.2} / {:.2} |",
+        "| {} | {} | {} |",
         human(row.size),
         row.concurrency,
+        cost_cells(row)
+    )
+}
+
+/// Measured / CPU-cost ratio of (b), (c), (d).
+fn cost_cells(row: &Row) -> String {
+    let [_, b, c, d] = row.rates.map(|rate| rate / row.rates[0]);
+    format!(
+        "{b:.2} / {:.2} | {c:.2} / {:.2} | {d:.2} / {:.2}",
         cost_ratio(row, 1),
         cost_ratio(row, 2),
         cost_ratio(row, 3),
@@ -553,12 +570,262 @@ pub fn hostile_report(hostile: &HostileNumbers) -> String {
     out
 }
 
-fn push_verdicts(out: &mut String, verdicts: Vec<(String, String, bool)>) {
-    for (target, measured, met) in verdicts {
-        let _ = writeln!(
-            out,
-            "| {target} | {measured} | {} |",
-            if met { "met" } else { "**missed**" }
-        );
+/// Whether a target holds in this run; one whose condition no row meets is not judged.
+enum Verdict {
+    Met,
+    Missed,
+    NotJudged,
+}
+
+impl From<bool> for Verdict {
+    fn from(met: bool) -> Self {
+        if met { Self::Met } else { Self::Missed }
     }
+}
+
+fn push_verdicts(out: &mut String, verdicts: Vec<(String, String, impl Into<Verdict>)>) {
+    for (target, measured, verdict) in verdicts {
+        let word = match verdict.into() {
+            Verdict::Met => "met",
+            Verdict::Missed => "**missed**",
+            Verdict::NotJudged => "not judged",
+        };
+        let _ = writeln!(out, "| {target} | {measured} | {word} |");
+    }
+}
+
+const GATEWAY_DOWNLOAD_TARGET: f64 = 0.9;
+const SINGLE_DOWNLOAD_RSS_MIB: u64 = 64;
+const CONCURRENT_DOWNLOADS_RSS_MIB: u64 = 256;
+/// (a) counts as CPU-bound where the machine had at least this share of its cores busy.
+const CPU_BOUND_SHARE: f64 = 0.9;
+
+/// Whether the machine's CPU was what limited (a) in `row`: its cores were busy, with
+/// (a)'s processes or anything else running here.
+fn baseline_cpu_bound(row: &Row) -> bool {
+    row.cpu[0].machine_cores >= CPU_BOUND_SHARE * cores() as f64
+}
+
+/// The cores (a)'s processes kept busy / the whole machine did.
+fn baseline_cores(row: &Row) -> String {
+    format!("{:.2} / {:.2}", row.cores_busy(0), row.cpu[0].machine_cores)
+}
+
+pub fn slow_reader_line(slow: &SlowReader) -> String {
+    format!(
+        "| {} | {} MiB | {} | {} |",
+        describe(slow),
+        slow.received / MIB,
+        slow.storage_peak,
+        slow.gateway_peak
+    )
+}
+
+fn download_cost_line(row: &Row) -> String {
+    format!(
+        "| {} | {} | {} | {} |",
+        human(row.size),
+        row.concurrency,
+        baseline_cores(row),
+        cost_cells(row)
+    )
+}
+
+pub fn downloads_section(downloads: &Downloads, least: u64) -> String {
+    let mut out = format!(
+        "## Downloads\n\nMiB/s over all concurrent downloads, ratio to (a) in parentheses. Each size's files are\n\
+         uploaded once through storage-service (one per client, each client its own user), then every path\n\
+         downloads them; each concurrent client downloads its file again until the measurement has moved\n\
+         at least {least} MiB (*rounds*). Every byte received is counted and each download's size checked; the\n\
+         first download of each measurement is also hashed against the uploaded content's SHA-256. (d) asks\n\
+         the gateway for the file's presigned S3 URL (`GetDownloadUrl`) and fetches it over HTTP/1.1 with\n\
+         reqwest, streaming, as a browser does.\n\n\
+         | size | concurrent | rounds | (a) object_store GET ← S3 | (b) storage-service Download | (c) gateway, Download | (d) presigned URL, HTTP |\n\
+         |---|---|---|---|---|---|---|\n",
+        least = least / MIB,
+    );
+    for row in &downloads.rows {
+        let _ = writeln!(out, "{}", throughput_line(row));
+    }
+    out.push_str(
+        "\n### Peak memory, downloads\n\nPeak RSS in MiB (`VmHWM`; the services are started afresh for each column) of\n\
+         storage-service, and storage-service / gateway where the gateway is in the path. In (d) the bytes\n\
+         come from the S3 server itself; the services only sign the URL.\n\n\
+         | size | concurrent | (b) storage | (c) storage / gateway | (d) storage / gateway |\n\
+         |---|---|---|---|---|\n",
+    );
+    for row in &downloads.rows {
+        let _ = writeln!(out, "{}", memory_line(row));
+    }
+    if let Some(slow) = &downloads.slow_reader {
+        out.push_str(
+            "\nA slow reader (HTTP/2 flow control must stop both services at a few windows, however slowly a\n\
+             client reads), with both services started afresh:\n\n\
+             | slow reader | received | storage-service peak RSS (MiB) | gateway peak RSS (MiB) |\n\
+             |---|---|---|---|\n",
+        );
+        let _ = writeln!(out, "{}", slow_reader_line(slow));
+    }
+    out.push_str(
+        "\n### Where the CPU goes, downloads\n\nMilliseconds of CPU per MiB downloaded: the benchmark process (clients and S3 server)\n\
+         \\+ the gateway + storage-service, as far as each is in the path.\n\n\
+         | size | concurrent | (a) bench | (b) bench + storage | (c) bench + gateway + storage | (d) bench + gateway + storage |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for row in &downloads.rows {
+        let _ = writeln!(out, "{}", cpu_line(row));
+    }
+    let _ = write!(
+        out,
+        "\n### Throughput against CPU cost, downloads\n\nEach path's ratio to (a), measured / CPU-cost ratio, as for uploads; and how many of the\n\
+         {cores} cores were busy during (a): with its processes (its CPU per MiB × its MiB/s) / in the whole machine\n\
+         (`/proc/stat`, whatever ran). Where the machine's cores were at least {share:.0} % busy, (a) is CPU-bound: a\n\
+         path that adds CPU per MiB cannot keep its pace, and reaches its CPU-cost ratio at best. Where the\n\
+         machine is busier than (a)'s processes, something else was running.\n\n\
+         | size | concurrent | (a) cores busy: its processes / machine | (b) storage-service | (c) gateway, Download | (d) presigned URL |\n\
+         |---|---|---|---|---|---|\n",
+        cores = cores(),
+        share = CPU_BOUND_SHARE * 100.0,
+    );
+    for row in &downloads.rows {
+        let _ = writeln!(out, "{}", download_cost_line(row));
+    }
+    out
+}
+
+/// Each download target of issue 16: what it asks, what this run measured, whether it holds.
+fn download_verdicts(downloads: &Downloads) -> Vec<(String, String, Verdict)> {
+    let mut verdicts = Vec::new();
+    let (judged, cpu_bound): (Vec<&Row>, Vec<&Row>) = downloads
+        .rows
+        .iter()
+        .partition(|row| !baseline_cpu_bound(row));
+    let worst = judged
+        .iter()
+        .map(|row| (row.rates[2] / row.rates[0], *row))
+        .min_by(|x, y| x.0.total_cmp(&y.0));
+    let mut measured = worst.map_or_else(
+        || "no row: (a) was CPU-bound in every one".to_owned(),
+        |(ratio, row)| {
+            format!(
+                "lowest {ratio:.3} ({} × {}; cores busy during (a): {}; CPU-cost ratio {:.2})",
+                human(row.size),
+                row.concurrency,
+                baseline_cores(row),
+                cost_ratio(row, 2)
+            )
+        },
+    );
+    if !cpu_bound.is_empty() {
+        let rows: Vec<String> = cpu_bound
+            .iter()
+            .map(|row| {
+                format!(
+                    "{} × {} (cores busy {}; {:.2}, CPU-cost {:.2})",
+                    human(row.size),
+                    row.concurrency,
+                    baseline_cores(row),
+                    row.rates[2] / row.rates[0],
+                    cost_ratio(row, 2)
+                )
+            })
+            .collect();
+        let _ = write!(measured, "; CPU-bound, not judged: {}", rows.join(", "));
+    }
+    verdicts.push((
+        format!(
+            "(c) gateway Download ≥ {GATEWAY_DOWNLOAD_TARGET} × (a), every row where (a) is not CPU-bound \
+             (< {:.0} % of the machine's {} cores busy)",
+            CPU_BOUND_SHARE * 100.0,
+            cores()
+        ),
+        measured,
+        worst.map_or(Verdict::NotJudged, |(ratio, _)| {
+            (ratio >= GATEWAY_DOWNLOAD_TARGET).into()
+        }),
+    ));
+    for (single, limit) in [
+        (true, SINGLE_DOWNLOAD_RSS_MIB),
+        (false, CONCURRENT_DOWNLOADS_RSS_MIB),
+    ] {
+        let highest = downloads
+            .rows
+            .iter()
+            .filter(|row| (row.concurrency == 1) == single)
+            .flat_map(peaks)
+            .max_by_key(|(peak, _)| *peak);
+        let which = if single {
+            "one download"
+        } else {
+            "concurrent downloads"
+        };
+        verdicts.push((
+            format!("storage-service and gateway peak RSS ≤ {limit} MiB, {which}"),
+            highest.as_ref().map_or_else(
+                || "no row".to_owned(),
+                |(peak, at)| format!("highest {peak} MiB ({at})"),
+            ),
+            highest.map_or(Verdict::NotJudged, |(peak, _)| (peak <= limit).into()),
+        ));
+    }
+    if let Some(slow) = &downloads.slow_reader {
+        let peak = slow.storage_peak.max(slow.gateway_peak);
+        verdicts.push((
+            format!(
+                "… and ≤ {SINGLE_DOWNLOAD_RSS_MIB} MiB for a client that reads slowly: {}",
+                describe(slow)
+            ),
+            format!(
+                "storage-service {} MiB, gateway {} MiB",
+                slow.storage_peak, slow.gateway_peak
+            ),
+            (peak <= SINGLE_DOWNLOAD_RSS_MIB).into(),
+        ));
+    }
+    verdicts
+}
+
+/// Every peak RSS of `row`, each with the process and column it was measured in.
+fn peaks(row: &Row) -> Vec<(u64, String)> {
+    let at = |service: &str, column: &str| {
+        format!(
+            "{service}, {} × {} {column}",
+            human(row.size),
+            row.concurrency
+        )
+    };
+    let storage = row
+        .storage_peak
+        .iter()
+        .zip(["(b)", "(c)", "(d)"])
+        .map(|(peak, column)| (*peak, at("storage-service", column)));
+    let gateway = row
+        .gateway_peak
+        .iter()
+        .zip(["(c)", "(d)"])
+        .map(|(peak, column)| (*peak, at("gateway", column)));
+    storage.chain(gateway).collect()
+}
+
+/// The downloads section and its targets alone (`--downloads-only`).
+pub fn downloads_report(plan: &Plan, downloads: &Downloads) -> String {
+    let mut out = format!(
+        "Written by `strongbox-bench --downloads-only` ({}) on {}: {} cores, {} build.\n\n",
+        if plan.quick {
+            "quick mode"
+        } else {
+            "full sizes"
+        },
+        command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        cores(),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+    );
+    out.push_str(&downloads_section(downloads, plan.least_per_measurement));
+    out.push_str("\n| target | this run | verdict |\n|---|---|---|\n");
+    push_verdicts(&mut out, download_verdicts(downloads));
+    out
 }

@@ -6,33 +6,30 @@
 //! peak RSS of storage-service and the gateway, and deletes what it uploaded, so a full
 //! run needs disk for one measurement at a time.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::future::join_all;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use strongbox_proto::storage::v1::storage_service_client::StorageServiceClient;
 use strongbox_proto::storage::v1::{
     CompleteUploadRequest, CreateUploadRequest, DeleteFileRequest, FileMetadata, ListFilesRequest,
-    PutFileRequest, UploadChunkRequest, UploadEnd, UploadRequest, upload_request,
+    PutFileRequest, UploadChunkRequest, UploadEnd, UploadRequest, UploadResponse, upload_request,
 };
 use strongbox_tests::auth::with_bearer;
-use strongbox_tests::process::{cpu_time, mib};
+use strongbox_tests::process::mib;
 use strongbox_tests::storage::{metadata, pseudo_random};
 use tonic::transport::Channel;
 
 use crate::system::System;
+use crate::transfers::{Cpu, CpuMeter, MIB, Row, chunks, run, timed};
 
-pub const MIB: u64 = 1024 * 1024;
 /// Clients send 1 MiB messages (grpc-web: 8 MiB session chunks, the default maximum), all
 /// slices of one random block, so producing data costs the client nothing.
 const CHUNK: u64 = MIB;
 const SESSION_CHUNK: u64 = 8 * MIB;
-/// The most uploading clients a row may have.
-const MAX_CLIENTS: usize = 16;
+/// The most clients at once a row may have (each its own user).
+pub const MAX_CLIENTS: usize = 16;
 /// Files up to this size go over grpc-web in one PutFile call, as the page sends them.
 const WHOLE_FILE_MAX: u64 = MIB;
 /// The part size and parts in flight storage-service runs with (its defaults), used for
@@ -40,73 +37,17 @@ const WHOLE_FILE_MAX: u64 = MIB;
 const PART_SIZE: usize = 8 * MIB as usize;
 const PARTS_IN_FLIGHT: usize = 2;
 
-/// One row of the report: a size and a concurrency, measured four ways.
-pub struct Row {
-    pub size: u64,
-    pub concurrency: usize,
-    /// Uploads each concurrent client made one after another.
-    pub rounds: u64,
-    /// MiB/s of (a), (b), (c), (d).
-    pub rates: [f64; 4],
-    /// Peak RSS in MiB: storage-service during (b), (c), (d); the gateway during (c), (d).
-    pub storage_peak: [u64; 3],
-    pub gateway_peak: [u64; 2],
-    /// CPU time per MiB uploaded in (a), (b), (c), (d).
-    pub cpu: [Cpu; 4],
-}
-
-/// Milliseconds of CPU per MiB uploaded, by process: this one (the clients and the S3
-/// server), storage-service, the gateway. Where they add up to the cores × the time,
-/// the machine is the limit, and each hop's share is what it costs.
-#[derive(Default, Clone, Copy)]
-pub struct Cpu {
-    pub bench: f64,
-    pub storage: f64,
-    pub gateway: f64,
-}
-
-struct CpuMeter<'a> {
-    system: &'a System,
-    start: [Duration; 3],
-}
-
-impl<'a> CpuMeter<'a> {
-    fn start(system: &'a System) -> Self {
-        Self {
-            system,
-            start: Self::now(system),
-        }
-    }
-
-    fn now(system: &System) -> [Duration; 3] {
-        [
-            cpu_time(None),
-            system.storage.process().cpu_time(),
-            system.gateway.process().cpu_time(),
-        ]
-    }
-
-    fn per_mib(self, total: u64) -> Cpu {
-        let end = Self::now(self.system);
-        let mibs = total as f64 / MIB as f64;
-        let ms = |at: usize| (end[at] - self.start[at]).as_secs_f64() * 1000.0 / mibs;
-        Cpu {
-            bench: ms(0),
-            storage: ms(1),
-            gateway: ms(2),
-        }
-    }
-}
-
+/// The clients of every path, shared by the upload and download measurements.
 pub struct Clients {
-    direct: Arc<dyn ObjectStore>,
-    storage: StorageServiceClient<Channel>,
-    gateway: StorageServiceClient<Channel>,
+    pub direct: Arc<dyn ObjectStore>,
+    pub storage: StorageServiceClient<Channel>,
+    pub gateway: StorageServiceClient<Channel>,
     grpc_web: GrpcWeb,
     /// One user per concurrent client, as on a shared server: the per-user limits (a
     /// user's share of upload memory, uploads in progress) then shape no row.
-    tokens: Vec<String>,
-    block: Bytes,
+    pub tokens: Vec<String>,
+    /// What every benchmark file is made of (see [`chunks`]).
+    pub block: Bytes,
 }
 
 impl Clients {
@@ -114,7 +55,11 @@ impl Clients {
         // One at a time: auth-service refuses password checks beyond its hashing queue.
         let mut tokens = Vec::with_capacity(MAX_CLIENTS);
         for client in 0..MAX_CLIENTS {
-            tokens.push(system.user(&format!("uploads-{client}@bench.example")).await);
+            tokens.push(
+                system
+                    .user(&format!("uploads-{client}@bench.example"))
+                    .await,
+            );
         }
         Self {
             direct: system.direct_store(),
@@ -179,8 +124,16 @@ pub async fn measure(
             let token = tokens[index / rounds_per_client].clone();
             async move {
                 match via {
-                    Via::Storage => upload_grpc(clients.storage.clone(), token, size, block).await,
-                    Via::Gateway => upload_grpc(clients.gateway.clone(), token, size, block).await,
+                    Via::Storage => {
+                        upload_grpc(clients.storage.clone(), token, size, block)
+                            .await
+                            .key
+                    }
+                    Via::Gateway => {
+                        upload_grpc(clients.gateway.clone(), token, size, block)
+                            .await
+                            .key
+                    }
                     Via::GrpcWeb if size <= WHOLE_FILE_MAX => {
                         put_file(clients.grpc_web.clone(), token, size, block).await
                     }
@@ -212,7 +165,7 @@ pub async fn measure(
 
 /// One call on every path, so fresh processes have their connections open and the
 /// signing key fetched before anything is timed (as a running service would).
-async fn warm_up(clients: &Clients) {
+pub async fn warm_up(clients: &Clients) {
     let list = || with_bearer(ListFilesRequest::default(), &clients.tokens[0]);
     clients
         .storage
@@ -239,37 +192,6 @@ enum Via {
     Storage,
     Gateway,
     GrpcWeb,
-}
-
-/// `concurrency` clients at once, each making `rounds` uploads one after another.
-async fn run<F, Fut, T>(concurrency: usize, rounds: u64, start: F) -> Vec<T>
-where
-    F: Fn(usize) -> Fut,
-    Fut: Future<Output = T>,
-{
-    let start = &start;
-    let clients = (0..concurrency).map(|client| async move {
-        let mut done = Vec::new();
-        for round in 0..rounds as usize {
-            done.push(start(client * rounds as usize + round).await);
-        }
-        done
-    });
-    join_all(clients).await.into_iter().flatten().collect()
-}
-
-async fn timed<T>(work: impl Future<Output = T>) -> (Duration, T) {
-    let began = Instant::now();
-    let outcome = work.await;
-    (began.elapsed(), outcome)
-}
-
-fn chunks(size: u64, block: &Bytes, chunk: u64) -> impl Iterator<Item = Bytes> + Send + 'static {
-    let block = block.clone();
-    (0..size.div_ceil(chunk)).map(move |index| {
-        let length = chunk.min(size - index * chunk) as usize;
-        block.slice(..length)
-    })
 }
 
 async fn upload_direct(store: Arc<dyn ObjectStore>, index: usize, size: u64, block: Bytes) -> Path {
@@ -299,12 +221,12 @@ fn declared(size: u64) -> FileMetadata {
     }
 }
 
-async fn upload_grpc(
+pub async fn upload_grpc(
     mut client: StorageServiceClient<Channel>,
     token: String,
     size: u64,
     block: Bytes,
-) -> String {
+) -> UploadResponse {
     let messages = std::iter::once(upload_request::Payload::Metadata(declared(size)))
         .chain(chunks(size, &block, CHUNK).map(upload_request::Payload::Chunk))
         .chain(std::iter::once(upload_request::Payload::End(UploadEnd {})))
@@ -316,7 +238,6 @@ async fn upload_grpc(
         .await
         .expect("the upload succeeds")
         .into_inner()
-        .key
 }
 
 type GrpcWeb = StorageServiceClient<
@@ -425,7 +346,7 @@ async fn settle_chunk(call: ChunkCall, again: impl FnOnce() -> ChunkCall) {
 }
 
 /// Deletes the files [`run`] returned, each with its client's (user's) token.
-async fn delete_all(
+pub async fn delete_all(
     mut client: StorageServiceClient<Channel>,
     tokens: &[String],
     rounds_per_client: usize,
@@ -437,13 +358,5 @@ async fn delete_all(
             .delete_file(with_bearer(DeleteFileRequest { key }, token))
             .await
             .expect("a benchmark file is deleted");
-    }
-}
-
-pub fn human(size: u64) -> String {
-    if size >= 1024 * MIB {
-        format!("{} GiB", size / (1024 * MIB))
-    } else {
-        format!("{} MiB", size / MIB)
     }
 }
