@@ -9,54 +9,22 @@
 //   ffmpeg -f lavfi -i testsrc2=size=160x90:rate=10:duration=6 -c:v libvpx -b:v 80k -g 10 \
 //     -an -fflags +bitexact -map_metadata -1 clip.webm
 import assert from "node:assert/strict";
-import { createHash, randomBytes, randomUUID } from "node:crypto";
-import { existsSync } from "node:fs";
-import { mkdtemp, open, rm } from "node:fs/promises";
+import { createHash, randomUUID } from "node:crypto";
+import { open } from "node:fs/promises";
 import { createServer, request as httpRequest } from "node:http";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { MiB, fileRow, openPage, randomFile, registerAndLogIn, useChromium } from "./support.mjs";
 
-const BASE_URL = process.env.STRONGBOX_URL;
-const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const VIDEO = fileURLToPath(new URL("fixtures/clip.webm", import.meta.url));
 const VIDEO_SECONDS = 6;
-const MiB = 1024 * 1024;
 
-let browser;
-let scratch;
-
-before(async () => {
-  assert.ok(BASE_URL, "set STRONGBOX_URL to the gateway's address, e.g. http://localhost:8000");
-  assert.ok(existsSync(CHROMIUM), `no Chromium at ${CHROMIUM}: apt-get install chromium, or set CHROMIUM`);
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      "--no-first-run",
-    ],
-  });
-  scratch = await mkdtemp(join(tmpdir(), "strongbox-e2e-downloads-"));
-});
-
-after(async () => {
-  await browser?.close();
-  if (scratch) {
-    await rm(scratch, { recursive: true, force: true });
-  }
-});
+const chromium = useChromium("downloads");
 
 test("a download cut off mid-way resumes in Chromium where it stopped", { timeout: 180_000 }, async (t) => {
-  const page = await openPage(t);
+  const page = await openPage(chromium.browser, t, { acceptDownloads: true });
   await registerAndLogIn(page);
-  const file = await randomFile(`e2e-resume-${randomUUID()}.bin`, 16 * MiB);
+  const file = await randomFile(chromium.scratch, `e2e-resume-${randomUUID()}.bin`, 16 * MiB);
   const link = new URL(await uploadedLink(page, file.path, file.name));
 
   // Chromium fetches the link through a proxy that cuts the first response off after 4 MiB,
@@ -91,7 +59,7 @@ test("a download cut off mid-way resumes in Chromium where it stopped", { timeou
 });
 
 test("a <video> plays a stored video from its link and seeks in it", { timeout: 120_000 }, async (t) => {
-  const page = await openPage(t);
+  const page = await openPage(chromium.browser, t, { acceptDownloads: true });
   await registerAndLogIn(page);
   const link = await uploadedLink(page, VIDEO, "clip.webm");
 
@@ -158,51 +126,12 @@ test("a <video> plays a stored video from its link and seeks in it", { timeout: 
   }
 });
 
-/** A fresh page (its own cookies and storage) that closes when the test ends. */
-async function openPage(t) {
-  const context = await browser.newContext({ baseURL: BASE_URL, locale: "en-US", acceptDownloads: true });
-  t.after(() => context.close());
-  const page = await context.newPage();
-  page.setDefaultTimeout(60_000);
-  return page;
-}
-
-async function registerAndLogIn(page) {
-  const email = `e2e-${randomUUID()}@example.com`;
-  await page.goto("/");
-  await page.fill("#email", email);
-  await page.fill("#password", randomBytes(12).toString("base64url"));
-  await page.click("#register");
-  await page.locator("#status", { hasText: "Account created" }).waitFor();
-  await page.click("#login");
-  await page.locator("#user-email", { hasText: email }).waitFor();
-}
-
 /** Uploads `path` through the page and returns the download link it lists for it. */
 async function uploadedLink(page, path, name) {
   await page.setInputFiles("#file-input", path);
-  const row = page.locator('[data-testid="file-row"]', {
-    has: page.locator('[data-testid="file-name"]', { hasText: name }),
-  });
+  const row = fileRow(page, name);
   await row.waitFor();
   return row.locator('[data-testid="download"]').evaluate((anchor) => anchor.href);
-}
-
-/** Writes `size` random bytes to a temp file, a MiB at a time, hashing as it goes. */
-async function randomFile(name, size) {
-  const path = join(scratch, name);
-  const hash = createHash("sha256");
-  const handle = await open(path, "w");
-  try {
-    for (let written = 0; written < size; written += MiB) {
-      const block = randomBytes(Math.min(MiB, size - written));
-      hash.update(block);
-      await handle.write(block);
-    }
-  } finally {
-    await handle.close();
-  }
-  return { name, path, sha256: hash.digest("hex") };
 }
 
 async function sha256Of(path) {

@@ -8,58 +8,27 @@
 // tests fail rather than skip: a skipped end-to-end test reads as green and proves nothing. The
 // first test leaves a screenshot of the page in docs/screenshot-upload.png.
 import assert from "node:assert/strict";
-import { createHash, randomBytes, randomUUID } from "node:crypto";
-import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, open, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { createHash, randomUUID } from "node:crypto";
+import { mkdir } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { MiB, fileRow, openPage, randomFile, registerAndLogIn, useChromium } from "./support.mjs";
 
-const BASE_URL = process.env.STRONGBOX_URL;
-const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const SCREENSHOT = fileURLToPath(new URL("../../docs/screenshot-upload.png", import.meta.url));
-const MiB = 1024 * 1024;
 /** The server's quota, as scripts/e2e.sh sets it and the page shows it (in en-US). */
 const QUOTA_BYTES = 1_000_000_000;
 const QUOTA = "1 GB";
 const MAX_FILES = "1,000";
 
-let browser;
-let scratch;
-
-before(async () => {
-  assert.ok(BASE_URL, "set STRONGBOX_URL to the gateway's address, e.g. http://localhost:8000");
-  assert.ok(existsSync(CHROMIUM), `no Chromium at ${CHROMIUM}: apt-get install chromium, or set CHROMIUM`);
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      "--no-first-run",
-    ],
-  });
-  scratch = await mkdtemp(join(tmpdir(), "strongbox-e2e-"));
-});
-
-after(async () => {
-  await browser?.close();
-  if (scratch) {
-    await rm(scratch, { recursive: true, force: true });
-  }
-});
+const chromium = useChromium("upload");
 
 test("register, log in, upload 20 MiB and a small file, download them intact, delete them", { timeout: 180_000 }, async (t) => {
-  const page = await openPage(t);
+  const page = await openPage(chromium.browser, t, { viewport: { width: 900, height: 800 } });
   await registerAndLogIn(page);
-  const large = await randomFile(`e2e-${randomUUID()}.bin`, 20 * MiB);
+  const large = await randomFile(chromium.scratch, `e2e-${randomUUID()}.bin`, 20 * MiB);
   // Up to 1 MiB a file goes in one PutFile call; a larger one through a session.
-  const small = await randomFile(`e2e-small-${randomUUID()}.bin`, 300 * 1024);
+  const small = await randomFile(chromium.scratch, `e2e-small-${randomUUID()}.bin`, 300 * 1024);
   const calls = [];
   page.on("request", (request) => {
     const method = new URL(request.url()).pathname.match(/^\/storage\.v1\.StorageService\/(\w+)$/);
@@ -103,9 +72,9 @@ test("register, log in, upload 20 MiB and a small file, download them intact, de
 });
 
 test("an upload interrupted by a reload resumes where it stopped", { timeout: 300_000 }, async (t) => {
-  const page = await openPage(t);
+  const page = await openPage(chromium.browser, t, { viewport: { width: 900, height: 800 } });
   await registerAndLogIn(page);
-  const file = await randomFile(`e2e-${randomUUID()}.bin`, 48 * MiB);
+  const file = await randomFile(chromium.scratch, `e2e-${randomUUID()}.bin`, 48 * MiB);
 
   // Slow the upload down, so the reload reliably lands in the middle of it.
   const devtools = await page.context().newCDPSession(page);
@@ -148,35 +117,8 @@ test("an upload interrupted by a reload resumes where it stopped", { timeout: 30
   assert.equal(meter.value, 48 * MiB);
 });
 
-/** A fresh page (its own cookies and storage) that closes when the test ends. */
-async function openPage(t) {
-  // en-US: the usage line's numbers are asserted as they read in that locale.
-  const context = await browser.newContext({ baseURL: BASE_URL, locale: "en-US", viewport: { width: 900, height: 800 } });
-  t.after(() => context.close());
-  const page = await context.newPage();
-  page.setDefaultTimeout(60_000);
-  return page;
-}
-
-async function registerAndLogIn(page) {
-  const email = `e2e-${randomUUID()}@example.com`;
-  await page.goto("/");
-  await page.fill("#email", email);
-  await page.fill("#password", randomBytes(12).toString("base64url"));
-  await page.click("#register");
-  await page.locator("#status", { hasText: "Account created" }).waitFor();
-  await page.click("#login");
-  await page.locator("#user-email", { hasText: email }).waitFor();
-}
-
 function uploadRow(page, name) {
   return page.locator('[data-testid="upload-row"]', { hasText: name });
-}
-
-function fileRow(page, name) {
-  return page.locator('[data-testid="file-row"]', {
-    has: page.locator('[data-testid="file-name"]', { hasText: name }),
-  });
 }
 
 /**
@@ -206,23 +148,6 @@ async function usageReads(page, text) {
     max: meter.max,
     text: meter.getAttribute("aria-valuetext"),
   }));
-}
-
-/** Writes `size` random bytes to a temp file, a MiB at a time, hashing as it goes. */
-async function randomFile(name, size) {
-  const path = join(scratch, name);
-  const hash = createHash("sha256");
-  const handle = await open(path, "w");
-  try {
-    for (let written = 0; written < size; written += MiB) {
-      const block = randomBytes(Math.min(MiB, size - written));
-      hash.update(block);
-      await handle.write(block);
-    }
-  } finally {
-    await handle.close();
-  }
-  return { name, path, sha256: hash.digest("hex") };
 }
 
 /** Fetches the file behind a row's Download link, as a browser without credentials would. */

@@ -8,6 +8,9 @@
 
 use std::io::Write;
 
+use indicatif::ProgressBar;
+use serde::Serialize;
+
 use crate::errors::CliError;
 use crate::output::Output;
 use crate::progress::Progress;
@@ -58,6 +61,23 @@ impl Failures {
     /// True once a failure every later file would hit too has happened.
     pub fn stopped(&self) -> bool {
         self.stopped
+    }
+
+    /// Ends the command: clears the batch's total bar, prints the JSON report (a person
+    /// saw each file as it went), and returns how the command ends.
+    pub fn finish(
+        self,
+        total: Option<ProgressBar>,
+        report: &impl Serialize,
+        out: &Output,
+    ) -> Result<(), CliError> {
+        if let Some(total) = total {
+            total.finish_and_clear();
+        }
+        if out.is_json() {
+            out.result(report, String::new);
+        }
+        self.into_result()
     }
 
     /// How the command ends.

@@ -195,13 +195,7 @@ async fn download_several(
             break;
         }
     }
-    if let Some(total) = total {
-        total.finish_and_clear();
-    }
-    if context.out.is_json() {
-        context.out.result(&report, String::new);
-    }
-    failures.into_result()
+    failures.finish(total, &report, &context.out)
 }
 
 /// The file's description, which says where it goes and how large it is.

@@ -149,11 +149,5 @@ pub async fn upload(context: &Context, paths: &[PathBuf]) -> Result<(), CliError
             }
         }
     }
-    if let Some(total) = total {
-        total.finish_and_clear();
-    }
-    if context.out.is_json() {
-        context.out.result(&report, String::new);
-    }
-    failures.into_result()
+    failures.finish(total, &report, &context.out)
 }

@@ -78,6 +78,8 @@ impl System {
                 ("BCRYPT_ROUNDS", BCRYPT_COST.to_string()),
                 // Benchmarks log in thousands of times per address.
                 ("LOGIN_MAX_FAILURES", "1000".to_owned()),
+                // The clients log in once; a full run outlasts the 15-minute default.
+                ("ACCESS_TOKEN_EXPIRE_SECONDS", "86400".to_owned()),
             ],
             auth_url,
         )
