@@ -164,13 +164,7 @@ impl User {
         metadata: FileMetadata,
         chunks: Vec<Bytes>,
     ) -> Result<UploadResponse, Status> {
-        let messages = std::iter::once(upload_request::Payload::Metadata(metadata))
-            .chain(chunks.into_iter().map(upload_request::Payload::Chunk))
-            .chain(std::iter::once(upload_request::Payload::End(UploadEnd {})))
-            .map(|payload| UploadRequest {
-                payload: Some(payload),
-            });
-        let request = self.req(futures::stream::iter(messages));
+        let request = self.req(futures::stream::iter(upload_messages(metadata, chunks)));
         Ok(self.client().upload(request).await?.into_inner())
     }
 
@@ -324,6 +318,19 @@ impl User {
             .into_inner()
             .files
     }
+}
+
+/// The messages of a whole Upload stream: `metadata`, `chunks`, then `end`.
+pub fn upload_messages(
+    metadata: FileMetadata,
+    chunks: impl IntoIterator<Item = Bytes>,
+) -> impl Iterator<Item = UploadRequest> {
+    std::iter::once(upload_request::Payload::Metadata(metadata))
+        .chain(chunks.into_iter().map(upload_request::Payload::Chunk))
+        .chain(std::iter::once(upload_request::Payload::End(UploadEnd {})))
+        .map(|payload| UploadRequest {
+            payload: Some(payload),
+        })
 }
 
 /// An Upload call running as a task.

@@ -19,14 +19,13 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use strongbox_proto::storage::v1::storage_service_client::StorageServiceClient;
 use strongbox_proto::storage::v1::{
-    DownloadRequest, DownloadResponse, FileMetadata, ListFilesRequest, UploadEnd, UploadRequest,
-    download_response, upload_request,
+    DownloadRequest, DownloadResponse, FileMetadata, ListFilesRequest, download_response,
 };
 use strongbox_tests::auth::{TestAuth, with_bearer};
 use strongbox_tests::on_both_backends;
 use strongbox_tests::process::ServiceProcess;
 use strongbox_tests::s3::{ACCESS_KEY, SECRET_KEY, TestS3};
-use strongbox_tests::storage::{BUCKET, Backend, metadata, pseudo_random};
+use strongbox_tests::storage::{BUCKET, Backend, metadata, pseudo_random, upload_messages};
 use strongbox_tests::tools::workspace_binary;
 use strongbox_tests::{Scratch, reserve_port};
 use tonic::transport::{Channel, Endpoint};
@@ -190,12 +189,7 @@ async fn upload(storage_url: &str, token: &str) -> (String, String) {
         sha256: Some(sha256.clone()),
         ..metadata("big.bin", "")
     };
-    let messages = std::iter::once(upload_request::Payload::Metadata(declared))
-        .chain(chunks().map(upload_request::Payload::Chunk))
-        .chain(std::iter::once(upload_request::Payload::End(UploadEnd {})))
-        .map(|payload| UploadRequest {
-            payload: Some(payload),
-        });
+    let messages = upload_messages(declared, chunks());
     let uploaded = StorageServiceClient::new(channel(storage_url))
         .upload(with_bearer(futures::stream::iter(messages), token))
         .await

@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
+use strongbox_proto::storage::v1::FileMetadata;
 use strongbox_proto::storage::v1::storage_service_client::StorageServiceClient;
-use strongbox_proto::storage::v1::{FileMetadata, UploadEnd, UploadRequest, upload_request};
 use strongbox_tests::Scratch;
 use strongbox_tests::process::ServiceProcess;
-use strongbox_tests::storage::{Backend, Stack, metadata, pseudo_random};
+use strongbox_tests::storage::{Backend, Stack, metadata, pseudo_random, upload_messages};
 use strongbox_tests::tools::workspace_binary;
 
 const MIB: u64 = 1024 * 1024;
@@ -54,12 +54,7 @@ async fn a_256_mib_upload_streams_through_the_gateway_in_flat_memory() {
         sha256: Some(sha256.clone()),
         ..metadata("big.bin", "")
     };
-    let messages = std::iter::once(upload_request::Payload::Metadata(declared))
-        .chain(chunks().map(upload_request::Payload::Chunk))
-        .chain(std::iter::once(upload_request::Payload::End(UploadEnd {})))
-        .map(|payload| UploadRequest {
-            payload: Some(payload),
-        });
+    let messages = upload_messages(declared, chunks());
     let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
         .unwrap()
         .connect_lazy();
