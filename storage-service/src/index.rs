@@ -268,29 +268,30 @@ impl Index {
         Ok(())
     }
 
-    /// Grows an upload's reservation to `wanted` bytes, or as far as the quota lets it
-    /// beside everything else of its user, but never to less than `needed`: then the
-    /// quota's error, nothing changed. Returns the new reservation.
+    /// Puts `received` bytes of an upload on record if they fit in the quota beside
+    /// everything else of its user (else the quota's error, nothing changed). Returns
+    /// how far it may go on without asking again: to `wanted`, or as far as the quota
+    /// has room for now. That look-ahead is not on record, so it takes no room from the
+    /// user's other uploads.
     pub async fn grow_in_flight(
         &self,
         id: Uuid,
         user: Uuid,
         limits: &Limits,
-        needed: u64,
+        received: u64,
         wanted: u64,
     ) -> Result<u64, StorageError> {
         let now = crate::files::now_ms();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let others = locked_usage(&mut tx, user, now, Some(id)).await?;
-        limits.check_bytes(&others, needed)?;
-        let granted = wanted.min(limits.room_beside(&others)).max(needed);
+        limits.check_bytes(&others, received)?;
         sqlx::query("UPDATE uploads_in_flight SET bytes = ? WHERE id = ?")
-            .bind(to_sql(granted)?)
+            .bind(to_sql(received)?)
             .bind(id.to_string())
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(granted)
+        Ok(wanted.min(limits.room_beside(&others)).max(received))
     }
 
     /// Takes an upload off the record, giving back its reservation.
@@ -322,13 +323,22 @@ impl Index {
     }
 
     /// Writes the row of a file received by `upload`, whose reservation it takes over
-    /// in the same transaction.
+    /// in the same transaction, if the file fits in the quota beside everything else
+    /// of its user (a stream of unknown size may have gone past what it had on record).
     pub async fn insert_file_for(
         &self,
         file: &FileRow,
         upload: InFlight,
     ) -> Result<(), StorageError> {
+        let now = crate::files::now_ms();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let others = locked_usage(&mut tx, upload.user, now, Some(upload.id)).await?;
+        let size = u64::try_from(file.size).unwrap_or(0);
+        if let Err(over) = upload.limits.check_bytes(&others, size) {
+            drop(tx);
+            upload.end().await;
+            return Err(over);
+        }
         insert_file(&mut tx, file).await?;
         sqlx::query("DELETE FROM uploads_in_flight WHERE id = ?")
             .bind(upload.id.to_string())

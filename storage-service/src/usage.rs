@@ -13,8 +13,15 @@
 //! An upload is admitted by one transaction that reads the user's counts and writes its
 //! own reservation, so two uploads of one user can never both take the last room. When
 //! it ends, the reservation becomes the file in the same transaction that writes the
-//! file's row, or is given back: usage is exact at every moment, and a quota is never
-//! passed, not even by a byte.
+//! file's row — which is written only if the file fits beside everything else — or is
+//! given back: a quota is never passed, not even by a byte.
+//!
+//! A stream of unknown size has on record the bytes it had received when it last
+//! checked the quota, and goes on up to a part further without asking while the quota
+//! had room for that. The look-ahead is its own: others see only the bytes on record,
+//! so a stream's look-ahead never refuses another upload of its user; if others took
+//! the room meanwhile, the stream is refused at its next check or when its file would
+//! be written.
 
 use std::time::Duration;
 
@@ -146,12 +153,13 @@ impl Limits {
 pub struct InFlight {
     index: Index,
     pub id: Uuid,
-    user: Uuid,
-    limits: Limits,
-    /// Bytes held against the quota.
-    reserved: u64,
-    /// For an upload of unknown size, how far ahead of the bytes received its
-    /// reservation reaches, so that it is written once per part, not once per message.
+    pub user: Uuid,
+    pub limits: Limits,
+    /// How many bytes it may receive before it asks the database again: its declared
+    /// size, or for an upload of unknown size as far as the quota had room for.
+    reach: u64,
+    /// For an upload of unknown size, how far ahead of the bytes received it asks to
+    /// reach, so that the quota is checked once per part, not once per message.
     /// `None`: the reservation is the declared size, which the upload cannot pass.
     step: Option<u64>,
     ended: bool,
@@ -164,30 +172,35 @@ impl InFlight {
             id,
             user,
             limits,
-            reserved,
+            reach: reserved,
             step: None,
             ended: false,
         }
     }
 
     /// For an upload of unknown size: the reservation grows with the bytes received,
-    /// `step` bytes ahead of them.
+    /// checked against the quota every `step` bytes.
     pub fn growing_by(mut self, step: u64) -> Self {
         self.step = Some(step);
         self
     }
 
-    /// Makes sure `total` bytes received are reserved, growing the reservation of an
-    /// upload of unknown size if needed; fails with the quota's error, nothing more
+    /// Makes sure `total` bytes received fit in the quota, putting them on record once
+    /// the upload passes its reach; fails with the quota's error, nothing more
     /// reserved, if they do not fit.
     pub async fn cover(&mut self, total: u64) -> Result<(), StorageError> {
-        let Some(step) = self.step.filter(|_| total > self.reserved) else {
+        let Some(step) = self.step.filter(|_| total > self.reach) else {
             return Ok(());
         };
-        let wanted = total.max(self.reserved.saturating_add(step));
-        self.reserved = self
+        self.reach = self
             .index
-            .grow_in_flight(self.id, self.user, &self.limits, total, wanted)
+            .grow_in_flight(
+                self.id,
+                self.user,
+                &self.limits,
+                total,
+                total.saturating_add(step),
+            )
             .await?;
         Ok(())
     }

@@ -20,6 +20,7 @@ use tonic::{Code, Status};
 on_both_backends!(
     a_byte_quota_holds_to_the_byte_on_every_upload_path_and_deleting_frees_it,
     concurrent_uploads_of_one_user_never_pass_the_quotas,
+    a_streams_look_ahead_takes_no_room_and_its_file_must_still_fit,
     a_user_at_the_limits_on_work_in_progress_is_refused_and_others_are_not,
 );
 
@@ -249,6 +250,63 @@ async fn concurrent_uploads_of_one_user_never_pass_the_quotas(backend: Backend) 
     assert_eq!(user.usage().await.files, 5);
     assert_eq!(user.list_all().await.len(), 5);
     assert_eq!(stack.settle_stored_files(5).await.len(), 5);
+}
+
+/// A stream of unknown size checks the quota once per part, not per message, but that
+/// look-ahead is not held against its user: with 10,000 bytes of it received, a
+/// PutFile of 80,000 fits in a 100,000-byte quota. The stream then goes on to 25,000
+/// bytes, which no longer fit: it is refused when it ends, naming the quota, and stores
+/// nothing; a stream that ends at the last free byte is stored.
+async fn a_streams_look_ahead_takes_no_room_and_its_file_must_still_fit(backend: Backend) {
+    let stack = Stack::start(backend, |config| config.user_quota_bytes = Some(QUOTA)).await;
+    let user = stack.user("ahead").await;
+    let (stream, call) = user.open_upload(metadata("growing.bin", ""));
+    stream
+        .send(chunk_message(vec![1; 10_000]))
+        .await
+        .expect("the stream is open");
+    let on_record = tokio::time::Instant::now() + Duration::from_secs(10);
+    while user.usage().await.bytes_reserved != 10_000 {
+        assert!(
+            tokio::time::Instant::now() < on_record,
+            "the stream's bytes are never on record"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    user.put_file(metadata("beside.bin", ""), Bytes::from(vec![2u8; 80_000]))
+        .await
+        .expect("the stream's look-ahead leaves the rest of the quota free");
+    stream
+        .send(chunk_message(vec![3; 15_000]))
+        .await
+        .expect("the stream is open");
+    stream
+        .send(end_message())
+        .await
+        .expect("the stream is open");
+    drop(stream);
+    assert_over_quota(
+        call.await.expect("the call's task"),
+        "a stream that outgrew the room left",
+        "USER_QUOTA_BYTES",
+    );
+    let usage = user.usage().await;
+    assert_eq!((stored(&usage), usage.bytes_reserved), ((80_000, 1), 0));
+
+    let last = user
+        .upload(
+            metadata("to-the-byte.bin", ""),
+            vec![
+                Bytes::from(vec![4u8; 10_000]),
+                Bytes::from(vec![5u8; 10_000]),
+            ],
+        )
+        .await
+        .expect("a stream ending at the last free byte");
+    assert_eq!(last.size, 20_000);
+    assert_eq!(stored(&user.usage().await), (QUOTA, 2));
+    assert_eq!(stack.settle_stored_files(2).await.len(), 2);
 }
 
 /// The `index`th of a mix of upload kinds: a declared stream, an undeclared stream, a
