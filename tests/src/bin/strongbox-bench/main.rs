@@ -64,8 +64,10 @@ pub struct Plan {
     /// Downloads leave out the small files: the issue asks for 64 MiB and 1 GiB.
     pub download_sizes: Vec<u64>,
     pub concurrency: Vec<usize>,
-    /// Each measurement repeats its transfers until at least this much has moved: a
-    /// single 1 MiB upload takes milliseconds, too short to time or to count CPU ticks of.
+    /// Each upload measurement repeats its transfers until at least this much has moved:
+    /// a single 1 MiB upload takes milliseconds, too short to time or to count CPU ticks
+    /// of. More would measure the disk: the S3 server writes every byte twice, and with
+    /// 1 GiB per measurement the baseline itself fell to half under writeback.
     pub least_per_measurement: u64,
     out: Option<PathBuf>,
 }

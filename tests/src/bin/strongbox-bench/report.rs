@@ -166,7 +166,10 @@ pub fn render(
         let _ = writeln!(out, "{}", cost_line(row));
     }
     out.push('\n');
-    out.push_str(&downloads_section(downloads, plan.least_per_measurement));
+    out.push_str(&downloads_section(
+        downloads,
+        crate::downloads::least_per_measurement(plan),
+    ));
     out.push_str("\n## auth-service\n\n");
     out.push_str(&auth_table(auth));
     out.push('\n');
@@ -824,7 +827,10 @@ pub fn downloads_report(plan: &Plan, downloads: &Downloads) -> String {
             "release"
         },
     );
-    out.push_str(&downloads_section(downloads, plan.least_per_measurement));
+    out.push_str(&downloads_section(
+        downloads,
+        crate::downloads::least_per_measurement(plan),
+    ));
     out.push_str("\n| target | this run | verdict |\n|---|---|---|\n");
     push_verdicts(&mut out, download_verdicts(downloads));
     out
