@@ -2,8 +2,17 @@
 # Browser end-to-end: starts the whole system (the `strongbox` all-in-one launcher, debug
 # build) on a free port with a fresh data directory, runs web/e2e/ in real Chromium
 # against it, and stops it. Fails, never skips, when anything is missing.
+#
+#   scripts/e2e.sh                 # writes nothing into the working tree
+#   scripts/e2e.sh --screenshot    # also renews docs/screenshot-upload.png
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+case "${1:-}" in
+    "") ;;
+    --screenshot) export SCREENSHOT="$PWD/docs/screenshot-upload.png" ;;
+    *) echo "usage: $0 [--screenshot]" >&2; exit 2 ;;
+esac
 
 cargo build --quiet -p strongbox
 data=$(mktemp -d)

@@ -4,6 +4,8 @@
 # suite over real sockets, and the browser end-to-end tests in Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A test run must leave the working tree as it found it.
+tree_before=$(git status --porcelain)
 
 ./scripts/install-test-tools.sh
 export PATH="$PWD/.tools/bin:$PATH"
@@ -40,3 +42,10 @@ grep -q '| 16 MiB | 4 |' "$bench_out"
 rm -f "$bench_out"
 echo "== browser end-to-end"
 ./scripts/e2e.sh
+echo "== the working tree is as the run found it"
+tree_after=$(git status --porcelain)
+if [ "$tree_after" != "$tree_before" ]; then
+    echo "error: the test run changed the working tree:" >&2
+    diff <(echo "$tree_before") <(echo "$tree_after") >&2 || true
+    exit 1
+fi

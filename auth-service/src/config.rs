@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use strongbox_common::config::{Command, DataDirArgs, Secret};
+use strongbox_common::metrics::MetricsArgs;
+use strongbox_common::telemetry::LogArgs;
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -21,6 +23,12 @@ pub struct Config {
     /// Address the gRPC server listens on.
     #[arg(long, env = "AUTH_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 
     #[command(flatten)]
     pub data: DataDirArgs,

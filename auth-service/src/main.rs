@@ -11,8 +11,9 @@ async fn main() -> ExitCode {
     if config.command == Some(AuthCommand::RotateKey) {
         return rotate_key(&config);
     }
-    let (listen, command) = (config.listen, config.command.and_then(AuthCommand::shared));
-    server::run_binary(listen, command, |listener, shutdown| {
+    let (listen, log, metrics) = (config.listen, config.log, config.metrics.metrics_listen);
+    let command = config.command.and_then(AuthCommand::shared);
+    server::run_binary(listen, command, log, metrics, |listener, shutdown| {
         auth_service::run(config, listener, shutdown)
     })
     .await

@@ -74,9 +74,17 @@ impl PasswordHasher {
 
     /// A place in the hashing pool, or [`AuthError::Busy`] at once when it is full.
     pub fn reserve(&self) -> Result<HashingSlot<'_>, AuthError> {
-        let place = self.pool.admit().ok_or(AuthError::Busy {
-            retry_after: self.retry_after,
-        })?;
+        let Some(place) = self.pool.admit() else {
+            metrics::counter!(
+                "strongbox_rate_limited_total",
+                "component" => "auth-service",
+                "reason" => "password_hashing_full",
+            )
+            .increment(1);
+            return Err(AuthError::Busy {
+                retry_after: self.retry_after,
+            });
+        };
         Ok(HashingSlot {
             hasher: self,
             place,
@@ -178,18 +186,29 @@ impl HashingPool {
         work: impl FnOnce() -> Result<T, bcrypt::BcryptError> + Send + 'static,
     ) -> Result<T, AuthError> {
         let (reply, answer) = oneshot::channel();
+        let queued = Instant::now();
+        metrics::gauge!("strongbox_password_hashes_queued").increment(1.0);
         let job: Job = Box::new(move || {
+            metrics::gauge!("strongbox_password_hashes_queued").decrement(1.0);
+            metrics::histogram!("strongbox_password_hash_wait_seconds")
+                .record(queued.elapsed().as_secs_f64());
             // The caller gave up (deadline, cancelled): nobody would read the answer.
             if reply.is_closed() {
                 return;
             }
+            let hashing = Instant::now();
             let outcome = work();
+            metrics::histogram!("strongbox_password_hash_seconds")
+                .record(hashing.elapsed().as_secs_f64());
             // Freed before the answer is sent, so a caller holding its answer knows its
             // place is free again.
             drop(place);
             let _ = reply.send(outcome);
         });
-        self.jobs.send(job).map_err(|_| stopped())?;
+        self.jobs.send(job).map_err(|_| {
+            metrics::gauge!("strongbox_password_hashes_queued").decrement(1.0);
+            stopped()
+        })?;
         answer
             .await
             .map_err(|_| stopped())?

@@ -33,7 +33,7 @@ pub async fn run(
     let routes = routes.add_service(AuthServiceServer::new(api));
     health.set_serving::<AuthServiceServer<AuthApi>>().await;
     tracing::info!(addr = %listener.local_addr().map_err(io)?, "auth-service listening");
-    let served = server::serve(listener, routes, shutdown).await;
+    let served = server::serve(listener, "auth-service", routes, shutdown).await;
 
     health.set_not_serving::<AuthServiceServer<AuthApi>>().await;
     purge.abort();

@@ -190,6 +190,12 @@ impl AuthApi {
         let retry_at = oldest_failure.saturating_add(window);
         let retry_after = Duration::from_secs(u64::try_from(retry_at - now).unwrap_or(1));
         tracing::warn!(client = client.as_str(), "login throttled");
+        metrics::counter!(
+            "strongbox_rate_limited_total",
+            "component" => "auth-service",
+            "reason" => "login_throttle",
+        )
+        .increment(1);
         Err(AuthError::Throttled { retry_after })
     }
 

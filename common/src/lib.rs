@@ -3,7 +3,8 @@
 //! - [`jwt`]: access-token claims and the one verifier every service uses;
 //! - [`config`]: `.env` loading and the arguments all services take;
 //! - [`http`]: HTTP details shared by the services (Content-Disposition);
-//! - [`telemetry`]: tracing setup;
+//! - [`telemetry`]: tracing setup (filter, text or JSON lines);
+//! - [`metrics`]: the Prometheus recorder, per-call metrics and the scrape listener;
 //! - [`server`]: the gRPC bootstrap (reflection, health, per-call spans, graceful shutdown);
 //! - [`shutdown`]: the SIGINT/SIGTERM future handed to `run`;
 //! - [`sqlite`]: opening a service's database (WAL, busy timeout, foreign keys);
@@ -12,6 +13,7 @@
 pub mod config;
 pub mod http;
 pub mod jwt;
+pub mod metrics;
 pub mod secrets;
 pub mod server;
 pub mod shutdown;

@@ -87,6 +87,7 @@ pub fn span_for(path: &str, headers: &http::HeaderMap) -> tracing::Span {
 /// finish.
 pub async fn serve(
     listener: TcpListener,
+    component: &'static str,
     routes: Routes,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
@@ -95,6 +96,7 @@ pub async fn serve(
     // trailer) can sit in Nagle's buffer until the peer's delayed ACK, 40 ms on Linux.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     Server::builder()
+        .layer(crate::metrics::CallMetricsLayer::new(component))
         .trace_fn(call_span)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .initial_stream_window_size(flow::STREAM_WINDOW)
@@ -145,6 +147,22 @@ pub fn exit_with(err: &dyn std::fmt::Display) -> std::process::ExitCode {
 /// The `healthcheck` subcommand: checks the service listening on `listen` (a wildcard
 /// address means this host) and turns its health into an exit code.
 pub async fn healthcheck(listen: std::net::SocketAddr) -> std::process::ExitCode {
+    match check_serving(listen).await {
+        Ok(()) => {
+            println!("SERVING");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(unhealthy) => {
+            eprintln!("unhealthy: {unhealthy}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// One `grpc.health.v1` check of the server listening on `listen` (a wildcard address
+/// means this host), answered within 5 s: `Ok` if it is SERVING, else what it said
+/// instead.
+pub async fn check_serving(listen: std::net::SocketAddr) -> Result<(), String> {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let mut target = listen;
@@ -163,22 +181,10 @@ pub async fn healthcheck(listen: std::net::SocketAddr) -> std::process::ExitCode
         Ok::<_, Box<dyn std::error::Error>>(response.into_inner().status())
     };
     match tokio::time::timeout(Duration::from_secs(5), check).await {
-        Ok(Ok(ServingStatus::Serving)) => {
-            println!("SERVING");
-            std::process::ExitCode::SUCCESS
-        }
-        Ok(Ok(status)) => {
-            println!("{}", status.as_str_name());
-            std::process::ExitCode::FAILURE
-        }
-        Ok(Err(err)) => {
-            eprintln!("unhealthy: {err}");
-            std::process::ExitCode::FAILURE
-        }
-        Err(_) => {
-            eprintln!("unhealthy: no answer from {target} within 5 s");
-            std::process::ExitCode::FAILURE
-        }
+        Ok(Ok(ServingStatus::Serving)) => Ok(()),
+        Ok(Ok(status)) => Err(status.as_str_name().to_owned()),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!("no answer from {target} within 5 s")),
     }
 }
 
@@ -188,6 +194,8 @@ pub async fn healthcheck(listen: std::net::SocketAddr) -> std::process::ExitCode
 pub async fn run_binary<F, Fut, E>(
     listen: std::net::SocketAddr,
     command: Option<crate::config::Command>,
+    log: crate::telemetry::LogArgs,
+    metrics: Option<std::net::SocketAddr>,
     serve: F,
 ) -> std::process::ExitCode
 where
@@ -198,9 +206,13 @@ where
     if command == Some(crate::config::Command::Healthcheck) {
         return healthcheck(listen).await;
     }
-    crate::telemetry::init();
+    crate::telemetry::init(log.log_format);
     let listener = match bind(listen).await {
         Ok(listener) => listener,
+        Err(err) => return exit_with(&err),
+    };
+    let _metrics = match crate::metrics::listen(metrics).await {
+        Ok(metrics) => metrics,
         Err(err) => return exit_with(&err),
     };
     match serve(listener, Box::pin(crate::shutdown::signal())).await {

@@ -66,9 +66,12 @@ impl Admission {
 
     /// One more open call for `client`, released when the returned guard drops.
     pub fn open_call(&self, client: ClientAddress) -> Result<Held<IpAddr>, Refusal> {
-        self.open_calls.try_hold(&client.limit_key()).ok_or_else(|| Refusal {
+        self.open_calls.try_hold(&client.limit_key()).ok_or_else(|| {
+            crate::limits::refused("open calls from one address");
+            Refusal {
             message: "this address already has as many calls open as the gateway allows one client; finish or cancel some".to_owned(),
             retry_after: Duration::from_secs(1),
+            }
         })
     }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use strongbox_common::config::{Command, Secret};
+use strongbox_common::telemetry::LogArgs;
 
 use crate::client_address::TrustedProxies;
 use crate::limits::RateLimit;
@@ -24,6 +25,9 @@ pub struct Config {
     /// Address the gateway listens on (native gRPC, grpc-web and the page share it).
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:8000")]
     pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub log: LogArgs,
 
     /// auth-service's gRPC address.
     #[arg(

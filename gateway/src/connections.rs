@@ -133,6 +133,7 @@ fn admit(
 ) -> Option<Permits> {
     let Ok(total) = total.clone().try_acquire_owned() else {
         tracing::warn!(%peer, "refused a connection: GATEWAY_MAX_CONNECTIONS reached");
+        crate::limits::refused("connections");
         return None;
     };
     let address = limits
@@ -145,6 +146,7 @@ fn admit(
             Some(held) => Some(held),
             None => {
                 tracing::debug!(%peer, "refused a connection: GATEWAY_MAX_CONNECTIONS_PER_ADDRESS reached");
+                crate::limits::refused("connections from one address");
                 return None;
             }
         }

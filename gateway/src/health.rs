@@ -26,6 +26,10 @@ pub async fn watch_upstreams(
     loop {
         ticks.tick().await;
         let (auth_up, storage_up) = tokio::join!(is_serving(&auth), is_serving(&storage));
+        for (upstream, up) in [(auth.name, auth_up), (storage.name, storage_up)] {
+            metrics::gauge!("strongbox_upstream_up", "upstream" => upstream)
+                .set(f64::from(u8::from(up)));
+        }
         health
             .set_service_status(AUTH_SERVICE, status(auth_up))
             .await;

@@ -186,6 +186,7 @@ impl<K: Hash + Eq + Clone> TokenBuckets<K> {
             });
             if buckets.len() >= self.max_keys {
                 tracing::warn!(what = self.what, "rate limiter full; refusing new clients");
+                refused(self.what);
                 return Err(Refusal::new(
                     format!("too many clients are making {} right now", self.what),
                     Duration::from_secs(1),
@@ -202,8 +203,19 @@ impl<K: Hash + Eq + Clone> TokenBuckets<K> {
             return Ok(());
         }
         let wait = Duration::from_secs_f64((1.0 - bucket.tokens) / per_second);
+        refused(self.what);
         Err(Refusal::new(format!("too many {}", self.what), wait))
     }
+}
+
+/// Counts a refusal by the gateway's limits, by what was limited.
+pub fn refused(what: &'static str) {
+    metrics::counter!(
+        "strongbox_rate_limited_total",
+        "component" => "gateway",
+        "reason" => what,
+    )
+    .increment(1);
 }
 
 /// Counts what each key holds at once (calls in flight, open connections); a guard

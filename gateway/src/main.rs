@@ -6,8 +6,8 @@ use strongbox_common::{config, server};
 #[tokio::main]
 async fn main() -> ExitCode {
     let config: Config = config::load();
-    let (listen, command) = (config.listen, config.command);
-    server::run_binary(listen, command, |listener, shutdown| {
+    let (listen, command, log) = (config.listen, config.command, config.log);
+    server::run_binary(listen, command, log, None, |listener, shutdown| {
         gateway::run(config, listener, shutdown)
     })
     .await

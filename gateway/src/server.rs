@@ -3,6 +3,7 @@
 //! ```text
 //! /                          the upload page (and /app.js, /app.css)
 //! /files/<key>               local-backend download links
+//! /metrics                   Prometheus metrics of this process
 //! /auth.v1.AuthService/*     ┐ native gRPC and grpc-web (tonic-web translates grpc-web
 //! /storage.v1.StorageService/* ┘ to gRPC, then the call is forwarded upstream)
 //! /grpc.health.v1.Health/*   the gateway's own health (SERVING when upstreams are)
@@ -19,8 +20,9 @@ use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
-use http::{HeaderName, HeaderValue, Method};
+use http::{HeaderName, HeaderValue, Method, header};
 use strongbox_common::jwt::Verifier;
+use strongbox_common::metrics::{self, CallMetricsLayer};
 use strongbox_common::server::{self, REQUEST_ID_HEADER};
 use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
@@ -96,6 +98,8 @@ pub async fn run(
     let grpc = grpc_routes
         .into_axum_router()
         .merge(forwarded)
+        // Inside grpc-web's translation, so it sees every call's status in real trailers.
+        .layer(CallMetricsLayer::new("gateway"))
         .layer(GrpcWebLayer::new())
         .layer(cors(&config.cors_allowed_origins)?);
     let app = Router::new()
@@ -103,6 +107,7 @@ pub async fn run(
         .route("/app.js", get(page::script))
         .route("/app.css", get(page::stylesheet))
         .route("/files/{*key}", get(downloads::download))
+        .route("/metrics", get(scrape))
         .with_state(gateway)
         .merge(grpc)
         .fallback(proxy::unknown_call)
@@ -185,6 +190,15 @@ fn cors(origins: &[String]) -> Result<CorsLayer, GatewayError> {
             header("grpc-message"),
             header("grpc-status-details-bin"),
         ]))
+}
+
+/// `GET /metrics`: every metric of this process (in the all-in-one launch, of all three
+/// services), for Prometheus.
+async fn scrape() -> impl axum::response::IntoResponse {
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        metrics::render(),
+    )
 }
 
 /// A span per request, like the services' per-call spans.

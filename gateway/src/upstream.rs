@@ -116,6 +116,7 @@ impl Upstream {
     ) -> Response<Body> {
         let Some(connection) = self.least_busy() else {
             tracing::warn!(upstream = self.name, "every upstream connection is full");
+            self.failed("busy");
             return status_response(busy(self.name));
         };
         if let Err(status) = self.retarget(&mut request) {
@@ -128,6 +129,7 @@ impl Upstream {
             Some(limit) => match tokio::time::timeout(limit, call).await {
                 Ok(answer) => answer,
                 Err(_) => {
+                    self.failed("deadline");
                     return status_response(Status::deadline_exceeded(format!(
                         "{} did not answer within {} s; try again",
                         self.name,
@@ -154,12 +156,23 @@ impl Upstream {
                         .collect::<Vec<_>>()
                         .join(": ");
                 tracing::warn!(upstream = self.name, %err, %cause, "upstream call failed");
+                self.failed("unreachable");
                 status_response(Status::unavailable(format!(
                     "{} is unavailable; try again shortly",
                     self.name
                 )))
             }
         }
+    }
+
+    /// Counts a call this upstream did not answer, and why.
+    fn failed(&self, reason: &'static str) {
+        metrics::counter!(
+            "strongbox_upstream_failures_total",
+            "upstream" => self.name,
+            "reason" => reason,
+        )
+        .increment(1);
     }
 
     /// The pooled connection with the fewest calls, unless all are at the services'

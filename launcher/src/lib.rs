@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use strongbox_common::server;
 use tokio::net::TcpListener;
@@ -37,9 +38,21 @@ pub enum LaunchError {
     Storage(storage_service::StorageError),
     #[error("gateway: {0}")]
     Gateway(gateway::GatewayError),
+    #[error(
+        "the gateway did not report SERVING within {} s of starting (last answer: {last}); \
+         see the log above for what failed",
+        READY_DEADLINE.as_secs()
+    )]
+    NotReady { last: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
+
+/// How long the three parts may take to answer health together before the launch is
+/// given up: starting is migrations and a look at the object store, seconds at most.
+const READY_DEADLINE: Duration = Duration::from_secs(60);
+/// How often the gateway's health is asked while starting.
+const READY_POLL: Duration = Duration::from_millis(50);
 
 /// The address a browser uses for a listen address (`0.0.0.0:8000` → `localhost:8000`).
 pub fn browser_url(addr: SocketAddr) -> String {
@@ -51,8 +64,10 @@ pub fn browser_url(addr: SocketAddr) -> String {
 }
 
 /// Binds all three listeners, wires the services to each other's real addresses, calls
-/// `ready` with the page's URL, and runs until `shutdown` resolves or any part fails;
-/// then stops every part gracefully.
+/// `ready` with the page's URL once the gateway reports SERVING (which it does only
+/// while both services answer their health checks), and runs until `shutdown` resolves
+/// or any part fails; then stops every part gracefully. A part that fails while
+/// starting ends the launch with its error, and `ready` is never called.
 pub async fn run(
     mut settings: Settings,
     shutdown: impl Future<Output = ()> + Send,
@@ -63,7 +78,8 @@ pub async fn run(
     let gateway_listener = server::bind(settings.gateway.listen).await?;
     let auth_url = format!("http://{}", auth_listener.local_addr()?);
     let storage_url = format!("http://{}", storage_listener.local_addr()?);
-    let page_url = browser_url(gateway_listener.local_addr()?);
+    let gateway_addr = gateway_listener.local_addr()?;
+    let page_url = browser_url(gateway_addr);
     settings.storage.auth_service_url = auth_url.clone();
     if std::env::var_os("PUBLIC_BASE_URL").is_none() {
         settings.storage.public_base_url = page_url.clone();
@@ -90,18 +106,44 @@ pub async fn run(
         |listener, done| gateway::run(settings.gateway, listener, done),
         LaunchError::Gateway,
     );
-    ready(&page_url);
-
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut not_ready = None;
     tokio::select! {
-        () = shutdown => {}
+        serving = serving(gateway_addr) => match serving {
+            Ok(()) => ready(&page_url),
+            Err(err) => not_ready = Some(err),
+        },
         () = stop.cancelled() => {}
+        () = &mut shutdown => stop.cancel(),
+    }
+    if not_ready.is_none() {
+        tokio::select! {
+            () = shutdown => {}
+            () = stop.cancelled() => {}
+        }
     }
     stop.cancel();
     let (auth, storage, gateway) = tokio::join!(auth, storage, gateway);
+    // A part's own error says more than "not ready".
     for outcome in [gateway, storage, auth] {
         outcome.map_err(|err| LaunchError::Io(std::io::Error::other(err)))??;
     }
-    Ok(())
+    not_ready.map_or(Ok(()), Err)
+}
+
+/// Waits until the gateway at `addr` reports SERVING, for up to [`READY_DEADLINE`].
+async fn serving(addr: SocketAddr) -> Result<(), LaunchError> {
+    let deadline = tokio::time::Instant::now() + READY_DEADLINE;
+    loop {
+        let last = match server::check_serving(addr).await {
+            Ok(()) => return Ok(()),
+            Err(last) => last,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(LaunchError::NotReady { last });
+        }
+        tokio::time::sleep(READY_POLL).await;
+    }
 }
 
 /// Runs one service until `stop` is cancelled; if it ends on its own (an error), it

@@ -13,8 +13,8 @@ struct Args {}
 #[tokio::main]
 async fn main() -> ExitCode {
     let _: Args = config::load();
-    telemetry::init();
     let settings = Settings::from_env();
+    telemetry::init(settings.gateway.log.log_format);
     let ready = |url: &str| {
         tracing::info!("Strongbox is running: open {url}/");
         println!("Strongbox is running: open {url}/  (Ctrl-C stops it)");

@@ -203,6 +203,7 @@ fn s3_client(
         .with_secret_access_key(&config.storage_secret_key)
         .with_virtual_hosted_style_request(false)
         .with_client_options(client_options)
+        .with_http_connector(crate::s3_metrics::MeteredConnector)
         .with_retry(retry)
         .build()?)
 }

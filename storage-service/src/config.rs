@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use strongbox_common::config::{Command, DataDirArgs, Secret};
+use strongbox_common::metrics::MetricsArgs;
+use strongbox_common::telemetry::LogArgs;
 
 use crate::usage::Limits;
 
@@ -25,6 +27,12 @@ pub struct Config {
     /// Address the gRPC server listens on.
     #[arg(long, env = "STORAGE_LISTEN", default_value = "127.0.0.1:50052")]
     pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 
     #[command(flatten)]
     pub data: DataDirArgs,

@@ -328,6 +328,9 @@ impl Storage {
             })??;
         let pieces = stall_deadline(object.into_stream(), self.backend.timeout);
         let chunks = coalesce(pieces, DOWNLOAD_MESSAGE_BYTES)
+            .inspect_ok(|chunk| {
+                metrics::counter!("strongbox_download_bytes_total").increment(chunk.len() as u64);
+            })
             .map_ok(download_response::Payload::Chunk)
             .map_err(StorageError::from);
         Ok(Box::pin(first.chain(chunks)))

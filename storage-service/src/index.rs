@@ -181,6 +181,16 @@ impl Index {
         Ok(())
     }
 
+    /// Resumable sessions still open, of all users.
+    pub async fn open_sessions(&self, now_ms: i64) -> Result<u64, StorageError> {
+        let (open,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM upload_sessions WHERE expires_at > ?")
+                .bind(now_ms)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(u64::try_from(open).unwrap_or(0))
+    }
+
     /// What `user` stores and has in progress now.
     pub async fn usage(&self, user: Uuid, now_ms: i64) -> Result<Usage, StorageError> {
         let mut connection = self.pool.acquire().await?;

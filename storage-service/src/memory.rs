@@ -100,14 +100,26 @@ impl UploadMemory {
                  MAX_CHUNK_BYTES ({largest} bytes), in whole MiB"
             )));
         }
-        Ok(Self(Arc::new(Pool {
+        let pool = Arc::new(Pool {
             permits: Arc::new(Semaphore::new(blocks)),
             free: Mutex::new(Vec::new()),
             used: AtomicBool::new(false),
             wait,
             share: share.min(blocks),
             users: Mutex::default(),
-        })))
+        });
+        let sampled = Arc::downgrade(&pool);
+        strongbox_common::metrics::sample_on_scrape(Box::new(move || {
+            let Some(pool) = sampled.upgrade() else {
+                return false;
+            };
+            let reserved = blocks.saturating_sub(pool.permits.available_permits());
+            metrics::gauge!("strongbox_upload_memory_reserved_bytes")
+                .set((reserved * BLOCK) as f64);
+            metrics::gauge!("strongbox_upload_memory_budget_bytes").set((blocks * BLOCK) as f64);
+            true
+        }));
+        Ok(Self(pool))
     }
 
     /// The budget as `user` sees it: reservations count against their share too.
@@ -192,12 +204,18 @@ async fn acquire(
         return Ok(permit);
     }
     tracing::debug!(blocks, "waiting for upload memory");
+    metrics::counter!("strongbox_upload_memory_waits_total").increment(1);
+    let began = Instant::now();
     // Dropping the acquisition on timeout leaves the queue: those behind it move up,
     // first come first served still.
     let acquire = semaphore.clone().acquire_many_owned(permits);
-    match tokio::time::timeout_at(deadline, acquire).await {
+    let acquired = tokio::time::timeout_at(deadline, acquire).await;
+    metrics::histogram!("strongbox_upload_memory_wait_seconds")
+        .record(began.elapsed().as_secs_f64());
+    match acquired {
         Ok(permit) => permit.map_err(|_| StorageError::Internal("upload memory is closed".into())),
         Err(_) => {
+            metrics::counter!("strongbox_upload_memory_refusals_total").increment(1);
             tracing::info!(blocks, ?wait, "no upload memory came free in time");
             Err(StorageError::Busy {
                 waited: wait,

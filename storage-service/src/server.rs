@@ -13,7 +13,7 @@ use tonic::transport::Endpoint;
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::error::StorageError;
-use crate::files::Storage;
+use crate::files::{Storage, now_ms};
 use crate::guard::{MinRate, UploadGuard};
 use crate::index::Index;
 use crate::memory::UploadMemory;
@@ -69,7 +69,7 @@ pub async fn run(
         .local_addr()
         .map_err(|err| StorageError::Internal(err.to_string()))?;
     tracing::info!(%addr, backend = %storage.backend.description, "storage-service listening");
-    let served = server::serve(listener, routes, shutdown).await;
+    let served = server::serve(listener, "storage-service", routes, shutdown).await;
 
     health
         .set_not_serving::<StorageServiceServer<StorageApi>>()
@@ -188,6 +188,10 @@ async fn keep_leases(storage: Arc<Storage>) {
         ticks.tick().await;
         if let Err(err) = storage.index.renew_leases().await {
             tracing::warn!(%err, "renewing the leases of uploads in progress failed; retrying");
+        }
+        // Sessions live in the database, not in a process: this is all replicas' count.
+        if let Ok(open) = storage.index.open_sessions(now_ms()).await {
+            metrics::gauge!("strongbox_upload_sessions_open").set(open as f64);
         }
         match storage.index.sweep_expired_leases().await {
             Ok(0) => {}

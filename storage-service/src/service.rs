@@ -43,6 +43,11 @@ async fn detached<T: Send + 'static>(
         .map_err(|err| StorageError::Internal(format!("upload task failed: {err}")))?
 }
 
+/// Counts file bytes received from clients, on every upload path, stored or not.
+fn received(bytes: usize) {
+    metrics::counter!("strongbox_upload_bytes_total").increment(bytes as u64);
+}
+
 /// Stores one Upload stream (its shape is checked by [`UploadProtocol`]): metadata,
 /// then chunks into the sink, then commit. Any failure aborts the multipart upload
 /// before the error is returned.
@@ -77,6 +82,7 @@ async fn receive(
         let message = stream.message().await.map_err(StorageError::ClientStream)?;
         match protocol.next(message)? {
             Step::Chunk(chunk) => {
+                received(chunk.len());
                 upload.cover(sink.received() + chunk.len() as u64).await?;
                 sink.write(chunk).await?
             }
@@ -115,6 +121,7 @@ impl StorageService for StorageApi {
         if data.len() as u64 > limit {
             return Err(StorageError::MessageTooLarge { limit }.into());
         }
+        received(data.len());
         let file = self.storage.plan(user, metadata)?;
         let upload = self.storage.admit_whole(&file, data.len() as u64).await?;
         let storage = self.storage.clone();
@@ -140,6 +147,7 @@ impl StorageService for StorageApi {
     ) -> Result<Response<UploadChunkResponse>, Status> {
         let user = self.verifier.authenticate(&request).await?;
         let chunk = request.into_inner();
+        received(chunk.data.len());
         let id = UploadId::parse(&chunk.upload_id)?;
         let offset = self
             .storage

@@ -167,6 +167,7 @@ pub struct InFlight {
 
 impl InFlight {
     pub(crate) fn new(index: Index, id: Uuid, user: Uuid, limits: Limits, reserved: u64) -> Self {
+        metrics::gauge!("strongbox_uploads_in_progress").increment(1.0);
         Self {
             index,
             id,
@@ -221,6 +222,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        metrics::gauge!("strongbox_uploads_in_progress").decrement(1.0);
         if self.ended {
             return;
         }

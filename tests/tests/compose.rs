@@ -249,6 +249,7 @@ async fn the_binaries_run_with_exactly_the_compose_environment() {
         &storage_env["STORAGE_SECRET_KEY"],
     );
     let (auth_port, storage_port, gateway_port) = (free_port(), free_port(), free_port());
+    let (auth_metrics_port, storage_metrics_port) = (free_port(), free_port());
     let s3_address = s3.service.addr.to_string();
     let renames = [
         (
@@ -276,6 +277,14 @@ async fn the_binaries_run_with_exactly_the_compose_environment() {
         (
             "0.0.0.0:8000".to_owned(),
             format!("127.0.0.1:{gateway_port}"),
+        ),
+        (
+            "0.0.0.0:9101".to_owned(),
+            format!("127.0.0.1:{auth_metrics_port}"),
+        ),
+        (
+            "0.0.0.0:9102".to_owned(),
+            format!("127.0.0.1:{storage_metrics_port}"),
         ),
     ];
 
@@ -347,6 +356,15 @@ async fn the_binaries_run_with_exactly_the_compose_environment() {
     let fetched = reqwest::get(url).await.unwrap();
     assert_eq!(fetched.status(), 200);
     assert!(fetched.bytes().await.unwrap() == content);
+    // Each service answers Prometheus where compose says it does, and counted the upload.
+    for port in [auth_metrics_port, storage_metrics_port, gateway_port] {
+        let scrape = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap();
+        assert_eq!(scrape.status(), 200, "metrics on port {port}");
+        let text = scrape.text().await.unwrap();
+        assert!(text.contains("strongbox_grpc_calls_total{"), "{text}");
+    }
     drop(children);
 }
 

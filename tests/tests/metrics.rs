@@ -1,0 +1,304 @@
+//! Prometheus metrics, scraped from the real binaries: auth-service and storage-service
+//! on their `METRICS_LISTEN`, the gateway on its own port, storage on a real S3 server.
+//! After one upload, one download and one failed login through the gateway, every
+//! counter moved by exactly what those calls did — at the gateway and at the service
+//! behind it — and nothing counted a failure that did not happen.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use strongbox_proto::auth::v1::auth_service_client::AuthServiceClient;
+use strongbox_proto::auth::v1::{LoginRequest, MeRequest, RegisterRequest};
+use strongbox_proto::storage::v1::FileMetadata;
+use strongbox_proto::storage::v1::storage_service_client::StorageServiceClient;
+use strongbox_tests::Scratch;
+use strongbox_tests::auth::with_bearer;
+use strongbox_tests::process::ServiceProcess;
+use strongbox_tests::s3::{ACCESS_KEY, SECRET_KEY, TestS3};
+use strongbox_tests::storage::{BUCKET, User, metadata, pseudo_random};
+use strongbox_tests::tools::workspace_binary;
+use tonic::Code;
+
+/// One scrape: every sample, by name and labels.
+struct Scrape(Vec<(String, BTreeMap<String, String>, f64)>);
+
+impl Scrape {
+    async fn of(addr: SocketAddr) -> Self {
+        let response = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .expect("the metrics endpoint answers");
+        assert!(response.status().is_success(), "{}", response.status());
+        let content_type = response.headers()[reqwest::header::CONTENT_TYPE].clone();
+        assert!(
+            content_type.to_str().unwrap().starts_with("text/plain"),
+            "{content_type:?}"
+        );
+        let text = response.text().await.expect("a text body");
+        Self(text.lines().filter_map(sample).collect())
+    }
+
+    /// The sum of `name`'s samples that carry all of `labels`; 0 if there are none.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.0
+            .iter()
+            .filter(|(sample, sample_labels, _)| {
+                sample == name
+                    && labels.iter().all(|(key, value)| {
+                        sample_labels.get(*key).map(String::as_str) == Some(value)
+                    })
+            })
+            .map(|(_, _, value)| value)
+            .sum()
+    }
+}
+
+/// `name{key="value",…} number`, as the text exposition format writes a sample.
+fn sample(line: &str) -> Option<(String, BTreeMap<String, String>, f64)> {
+    if line.starts_with('#') || line.trim().is_empty() {
+        return None;
+    }
+    let (series, value) = line.rsplit_once(' ')?;
+    let (name, labels) = match series.split_once('{') {
+        Some((name, rest)) => (name, rest.trim_end_matches('}')),
+        None => (series, ""),
+    };
+    let labels = labels
+        .split("\",")
+        .filter(|pair| !pair.is_empty())
+        .filter_map(|pair| {
+            let (key, value) = pair.split_once("=\"")?;
+            Some((key.to_owned(), value.trim_end_matches('"').to_owned()))
+        })
+        .collect();
+    Some((name.to_owned(), labels, value.parse().ok()?))
+}
+
+fn free_addr() -> SocketAddr {
+    strongbox_tests::reserve_port(0)
+        .local_addr()
+        .expect("a free port")
+}
+
+fn environment(pairs: &[(&str, String)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), value.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_move_by_what_an_upload_a_download_and_a_failed_login_did() {
+    let scratch = Scratch::new();
+    let s3 = TestS3::start(&scratch);
+    let (auth, auth_metrics, storage, storage_metrics, gateway) = (
+        free_addr(),
+        free_addr(),
+        free_addr(),
+        free_addr(),
+        free_addr(),
+    );
+    let _auth = ServiceProcess::start(
+        &workspace_binary("auth-service"),
+        &environment(&[
+            ("AUTH_LISTEN", auth.to_string()),
+            ("METRICS_LISTEN", auth_metrics.to_string()),
+            ("DATA_DIR", scratch.join("auth").display().to_string()),
+            ("BCRYPT_ROUNDS", "4".to_owned()),
+            ("RUST_LOG", "warn".to_owned()),
+        ]),
+        scratch.path(),
+    )
+    .await;
+    let _storage = ServiceProcess::start(
+        &workspace_binary("storage-service"),
+        &environment(&[
+            ("STORAGE_LISTEN", storage.to_string()),
+            ("METRICS_LISTEN", storage_metrics.to_string()),
+            ("DATA_DIR", scratch.join("storage").display().to_string()),
+            ("STORAGE_ENDPOINT", s3.endpoint()),
+            ("STORAGE_ACCESS_KEY", ACCESS_KEY.to_owned()),
+            ("STORAGE_SECRET_KEY", SECRET_KEY.to_owned()),
+            ("STORAGE_BUCKET", BUCKET.to_owned()),
+            ("AUTH_SERVICE_URL", format!("http://{auth}")),
+            ("RUST_LOG", "warn".to_owned()),
+        ]),
+        scratch.path(),
+    )
+    .await;
+    let _gateway = ServiceProcess::start(
+        &workspace_binary("gateway"),
+        &environment(&[
+            ("GATEWAY_LISTEN", gateway.to_string()),
+            ("AUTH_SERVICE_URL", format!("http://{auth}")),
+            ("STORAGE_SERVICE_URL", format!("http://{storage}")),
+            ("RUST_LOG", "warn".to_owned()),
+        ]),
+        scratch.path(),
+    )
+    .await;
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{gateway}"))
+        .expect("a URL")
+        .connect_lazy();
+    let mut accounts = AuthServiceClient::new(channel.clone());
+    let (email, password) = ("metrics@example.com", "a metrics password");
+    accounts
+        .register(RegisterRequest {
+            email: email.into(),
+            password: password.into(),
+        })
+        .await
+        .expect("Register");
+    let tokens = accounts
+        .login(LoginRequest {
+            email: email.into(),
+            password: password.into(),
+        })
+        .await
+        .expect("Login")
+        .into_inner()
+        .tokens
+        .expect("tokens");
+    let me = accounts
+        .me(with_bearer(MeRequest {}, &tokens.access_token))
+        .await
+        .expect("Me")
+        .into_inner();
+    let user = User {
+        storage: StorageServiceClient::new(channel),
+        token: tokens.access_token,
+        id: me.user.expect("a user").id.parse().expect("a UUID"),
+    };
+
+    let before = (
+        Scrape::of(gateway).await,
+        Scrape::of(auth_metrics).await,
+        Scrape::of(storage_metrics).await,
+    );
+    const SIZE: usize = 3 * 1024 * 1024;
+    let content = pseudo_random(SIZE, 7);
+    let uploaded = user
+        .upload(
+            FileMetadata {
+                size: Some(SIZE as u64),
+                ..metadata("counted.bin", "")
+            },
+            vec![Bytes::from(content.clone())],
+        )
+        .await
+        .expect("Upload");
+    let (_, downloaded) = user.download(&uploaded.key).await.expect("Download");
+    assert!(downloaded == content);
+    let refused = accounts
+        .login(LoginRequest {
+            email: email.into(),
+            password: "not the password".into(),
+        })
+        .await
+        .expect_err("a wrong password");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    let after = (
+        Scrape::of(gateway).await,
+        Scrape::of(auth_metrics).await,
+        Scrape::of(storage_metrics).await,
+    );
+
+    let moved = |scrapes: (&Scrape, &Scrape), name: &str, labels: &[(&str, &str)]| {
+        scrapes.1.value(name, labels) - scrapes.0.value(name, labels)
+    };
+    let gateway_moved =
+        |name: &str, labels: &[(&str, &str)]| moved((&before.0, &after.0), name, labels);
+    let auth_moved =
+        |name: &str, labels: &[(&str, &str)]| moved((&before.1, &after.1), name, labels);
+    let storage_moved =
+        |name: &str, labels: &[(&str, &str)]| moved((&before.2, &after.2), name, labels);
+    let call = |component: &'static str, method: &'static str, code: &'static str| {
+        [("component", component), ("method", method), ("code", code)]
+    };
+    const CALLS: &str = "strongbox_grpc_calls_total";
+    const UPLOAD: &str = "/storage.v1.StorageService/Upload";
+    const DOWNLOAD: &str = "/storage.v1.StorageService/Download";
+    const LOGIN: &str = "/auth.v1.AuthService/Login";
+
+    // Each call counted once, with its status, at the gateway and behind it.
+    for (component, moved) in [
+        (
+            "gateway",
+            &gateway_moved as &dyn Fn(&str, &[(&str, &str)]) -> f64,
+        ),
+        ("storage-service", &storage_moved),
+    ] {
+        assert_eq!(
+            moved(CALLS, &call(component, UPLOAD, "Ok")),
+            1.0,
+            "{component}"
+        );
+        assert_eq!(
+            moved(CALLS, &call(component, DOWNLOAD, "Ok")),
+            1.0,
+            "{component}"
+        );
+        assert_eq!(
+            moved(
+                "strongbox_grpc_call_duration_seconds_count",
+                &[("component", component), ("method", UPLOAD)]
+            ),
+            1.0,
+            "{component}"
+        );
+    }
+    for (component, moved) in [
+        (
+            "gateway",
+            &gateway_moved as &dyn Fn(&str, &[(&str, &str)]) -> f64,
+        ),
+        ("auth-service", &auth_moved),
+    ] {
+        assert_eq!(
+            moved(CALLS, &call(component, LOGIN, "Unauthenticated")),
+            1.0,
+            "{component}"
+        );
+        assert_eq!(
+            moved(CALLS, &call(component, LOGIN, "Ok")),
+            0.0,
+            "{component}"
+        );
+    }
+    // The failed login checked one password; nothing was refused for load.
+    assert_eq!(
+        auth_moved("strongbox_password_hash_seconds_count", &[]),
+        1.0
+    );
+    assert_eq!(auth_moved("strongbox_rate_limited_total", &[]), 0.0);
+    assert_eq!(gateway_moved("strongbox_rate_limited_total", &[]), 0.0);
+
+    // The file's bytes, in and out, and the S3 requests that carried them.
+    assert_eq!(
+        storage_moved("strongbox_upload_bytes_total", &[]),
+        SIZE as f64
+    );
+    assert_eq!(
+        storage_moved("strongbox_download_bytes_total", &[]),
+        SIZE as f64
+    );
+    let writes: f64 = ["put", "create_multipart", "put_part", "complete_multipart"]
+        .into_iter()
+        .map(|operation| storage_moved("strongbox_s3_requests_total", &[("operation", operation)]))
+        .sum();
+    assert!(writes >= 1.0, "the upload reached S3: {writes}");
+    assert_eq!(
+        storage_moved("strongbox_s3_requests_total", &[("operation", "get")]),
+        1.0,
+        "one GET for the download"
+    );
+    assert_eq!(storage_moved("strongbox_s3_request_errors_total", &[]), 0.0);
+    assert_eq!(after.2.value("strongbox_uploads_in_progress", &[]), 0.0);
+    assert_eq!(
+        after
+            .0
+            .value("strongbox_upstream_up", &[("upstream", "storage-service")]),
+        1.0
+    );
+}
