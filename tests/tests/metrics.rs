@@ -53,6 +53,15 @@ impl Scrape {
     }
 }
 
+/// How far each sample moved between two scrapes of one process.
+struct Change<'a>(&'a Scrape, &'a Scrape);
+
+impl Change<'_> {
+    fn of(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.1.value(name, labels) - self.0.value(name, labels)
+    }
+}
+
 /// `name{key="value",…} number`, as the text exposition format writes a sample.
 fn sample(line: &str) -> Option<(String, BTreeMap<String, String>, f64)> {
     if line.starts_with('#') || line.trim().is_empty() {
@@ -204,15 +213,11 @@ async fn counters_move_by_what_an_upload_a_download_and_a_failed_login_did() {
         Scrape::of(storage_metrics).await,
     );
 
-    let moved = |scrapes: (&Scrape, &Scrape), name: &str, labels: &[(&str, &str)]| {
-        scrapes.1.value(name, labels) - scrapes.0.value(name, labels)
-    };
-    let gateway_moved =
-        |name: &str, labels: &[(&str, &str)]| moved((&before.0, &after.0), name, labels);
-    let auth_moved =
-        |name: &str, labels: &[(&str, &str)]| moved((&before.1, &after.1), name, labels);
-    let storage_moved =
-        |name: &str, labels: &[(&str, &str)]| moved((&before.2, &after.2), name, labels);
+    let (gateway_moved, auth_moved, storage_moved) = (
+        Change(&before.0, &after.0),
+        Change(&before.1, &after.1),
+        Change(&before.2, &after.2),
+    );
     let call = |component: &'static str, method: &'static str, code: &'static str| {
         [("component", component), ("method", method), ("code", code)]
     };
@@ -223,77 +228,58 @@ async fn counters_move_by_what_an_upload_a_download_and_a_failed_login_did() {
 
     // Each call counted once, with its status, at the gateway and behind it.
     for (component, moved) in [
-        (
-            "gateway",
-            &gateway_moved as &dyn Fn(&str, &[(&str, &str)]) -> f64,
-        ),
+        ("gateway", &gateway_moved),
         ("storage-service", &storage_moved),
     ] {
-        assert_eq!(
-            moved(CALLS, &call(component, UPLOAD, "Ok")),
-            1.0,
-            "{component}"
+        for method in [UPLOAD, DOWNLOAD] {
+            let calls = moved.of(CALLS, &call(component, method, "Ok"));
+            assert_eq!(calls, 1.0, "{component} {method}");
+        }
+        let timed = moved.of(
+            "strongbox_grpc_call_duration_seconds_count",
+            &[("component", component), ("method", UPLOAD)],
         );
-        assert_eq!(
-            moved(CALLS, &call(component, DOWNLOAD, "Ok")),
-            1.0,
-            "{component}"
-        );
-        assert_eq!(
-            moved(
-                "strongbox_grpc_call_duration_seconds_count",
-                &[("component", component), ("method", UPLOAD)]
-            ),
-            1.0,
-            "{component}"
-        );
+        assert_eq!(timed, 1.0, "{component}");
     }
-    for (component, moved) in [
-        (
-            "gateway",
-            &gateway_moved as &dyn Fn(&str, &[(&str, &str)]) -> f64,
-        ),
-        ("auth-service", &auth_moved),
-    ] {
-        assert_eq!(
-            moved(CALLS, &call(component, LOGIN, "Unauthenticated")),
-            1.0,
-            "{component}"
-        );
-        assert_eq!(
-            moved(CALLS, &call(component, LOGIN, "Ok")),
-            0.0,
-            "{component}"
-        );
+    for (component, moved) in [("gateway", &gateway_moved), ("auth-service", &auth_moved)] {
+        for (code, expected) in [("Unauthenticated", 1.0), ("Ok", 0.0)] {
+            let calls = moved.of(CALLS, &call(component, LOGIN, code));
+            assert_eq!(calls, expected, "{component} Login {code}");
+        }
     }
     // The failed login checked one password; nothing was refused for load.
     assert_eq!(
-        auth_moved("strongbox_password_hash_seconds_count", &[]),
+        auth_moved.of("strongbox_password_hash_seconds_count", &[]),
         1.0
     );
-    assert_eq!(auth_moved("strongbox_rate_limited_total", &[]), 0.0);
-    assert_eq!(gateway_moved("strongbox_rate_limited_total", &[]), 0.0);
+    assert_eq!(auth_moved.of("strongbox_rate_limited_total", &[]), 0.0);
+    assert_eq!(gateway_moved.of("strongbox_rate_limited_total", &[]), 0.0);
 
     // The file's bytes, in and out, and the S3 requests that carried them.
     assert_eq!(
-        storage_moved("strongbox_upload_bytes_total", &[]),
+        storage_moved.of("strongbox_upload_bytes_total", &[]),
         SIZE as f64
     );
     assert_eq!(
-        storage_moved("strongbox_download_bytes_total", &[]),
+        storage_moved.of("strongbox_download_bytes_total", &[]),
         SIZE as f64
     );
     let writes: f64 = ["put", "create_multipart", "put_part", "complete_multipart"]
         .into_iter()
-        .map(|operation| storage_moved("strongbox_s3_requests_total", &[("operation", operation)]))
+        .map(|operation| {
+            storage_moved.of("strongbox_s3_requests_total", &[("operation", operation)])
+        })
         .sum();
     assert!(writes >= 1.0, "the upload reached S3: {writes}");
     assert_eq!(
-        storage_moved("strongbox_s3_requests_total", &[("operation", "get")]),
+        storage_moved.of("strongbox_s3_requests_total", &[("operation", "get")]),
         1.0,
         "one GET for the download"
     );
-    assert_eq!(storage_moved("strongbox_s3_request_errors_total", &[]), 0.0);
+    assert_eq!(
+        storage_moved.of("strongbox_s3_request_errors_total", &[]),
+        0.0
+    );
     assert_eq!(after.2.value("strongbox_uploads_in_progress", &[]), 0.0);
     assert_eq!(
         after
