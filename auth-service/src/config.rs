@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use strongbox_common::config::{Command, DataDirArgs, Secret};
 use strongbox_common::metrics::MetricsArgs;
-use strongbox_common::telemetry::LogArgs;
+use strongbox_common::telemetry::TelemetryArgs;
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -25,7 +25,7 @@ pub struct Config {
     pub listen: SocketAddr,
 
     #[command(flatten)]
-    pub log: LogArgs,
+    pub telemetry: TelemetryArgs,
 
     #[command(flatten)]
     pub metrics: MetricsArgs,

@@ -11,11 +11,17 @@ async fn main() -> ExitCode {
     if config.command == Some(AuthCommand::RotateKey) {
         return rotate_key(&config);
     }
-    let (listen, log, metrics) = (config.listen, config.log, config.metrics.metrics_listen);
+    let (listen, metrics) = (config.listen, config.metrics.metrics_listen);
+    let telemetry = config.telemetry.clone();
     let command = config.command.and_then(AuthCommand::shared);
-    server::run_binary(listen, command, log, metrics, |listener, shutdown| {
-        auth_service::run(config, listener, shutdown)
-    })
+    server::run_binary(
+        "auth-service",
+        listen,
+        command,
+        &telemetry,
+        metrics,
+        |listener, shutdown| auth_service::run(config, listener, shutdown),
+    )
     .await
 }
 

@@ -13,6 +13,8 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 
+use crate::telemetry::CallTrace;
+
 /// HTTP/2 flow control of every server here (the services and the gateway).
 ///
 /// An upload that waits for memory in storage-service stops reading, and what its client
@@ -64,23 +66,27 @@ pub fn base_routes() -> (Routes, HealthReporter) {
 
 /// The span every call runs in (tonic's `trace_fn`).
 pub fn call_span(request: &http::Request<()>) -> tracing::Span {
-    span_for(request.uri().path(), request.headers())
+    span_for(request.uri().path(), request.headers()).0
 }
 
-/// A span naming the call's path and request id, with room for the user id once it
-/// is known. Never metadata values: they carry bearer tokens.
-pub fn span_for(path: &str, headers: &http::HeaderMap) -> tracing::Span {
+/// A span naming the call's path, request id and trace id (continuing the caller's
+/// trace, see [`CallTrace`]), with room for the user id once it is known. Never
+/// metadata values: they carry bearer tokens.
+pub fn span_for(path: &str, headers: &http::HeaderMap) -> (tracing::Span, CallTrace) {
     let request_id = headers
         .get(REQUEST_ID_HEADER)
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "call",
         method = %path,
         request_id = %request_id,
+        trace_id = tracing::field::Empty,
         user_id = tracing::field::Empty,
-    )
+    );
+    let trace = CallTrace::begin(&span, headers);
+    (span, trace)
 }
 
 /// Serves `routes` on `listener` until `shutdown` resolves, then lets in-flight calls
@@ -189,12 +195,13 @@ pub async fn check_serving(listen: std::net::SocketAddr) -> Result<(), String> {
 }
 
 /// The whole `main` of a service binary, after its configuration is parsed: answer
-/// `healthcheck`, or set up telemetry, bind `listen` and run the service until
-/// SIGINT/SIGTERM. `serve` is the service's `run`.
+/// `healthcheck`, or set up telemetry (as `component`), bind `listen` and run the
+/// service until SIGINT/SIGTERM. `serve` is the service's `run`.
 pub async fn run_binary<F, Fut, E>(
+    component: &'static str,
     listen: std::net::SocketAddr,
     command: Option<crate::config::Command>,
-    log: crate::telemetry::LogArgs,
+    telemetry: &crate::telemetry::TelemetryArgs,
     metrics: Option<std::net::SocketAddr>,
     serve: F,
 ) -> std::process::ExitCode
@@ -206,17 +213,23 @@ where
     if command == Some(crate::config::Command::Healthcheck) {
         return healthcheck(listen).await;
     }
-    crate::telemetry::init(log.log_format);
-    let listener = match bind(listen).await {
-        Ok(listener) => listener,
+    let telemetry = match crate::telemetry::init(telemetry, component) {
+        Ok(telemetry) => telemetry,
         Err(err) => return exit_with(&err),
     };
-    let _metrics = match crate::metrics::listen(metrics).await {
-        Ok(metrics) => metrics,
-        Err(err) => return exit_with(&err),
-    };
-    match serve(listener, Box::pin(crate::shutdown::signal())).await {
+    let exit = async {
+        let listener = bind(listen).await.map_err(|err| exit_with(&err))?;
+        let _metrics = crate::metrics::listen(metrics)
+            .await
+            .map_err(|err| exit_with(&err))?;
+        serve(listener, Box::pin(crate::shutdown::signal()))
+            .await
+            .map_err(|err| exit_with(&err))
+    }
+    .await;
+    telemetry.shutdown().await;
+    match exit {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => exit_with(&err),
+        Err(code) => code,
     }
 }

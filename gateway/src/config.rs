@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use strongbox_common::config::{Command, Secret};
-use strongbox_common::telemetry::LogArgs;
+use strongbox_common::telemetry::TelemetryArgs;
 
 use crate::client_address::TrustedProxies;
 use crate::limits::RateLimit;
@@ -27,7 +27,7 @@ pub struct Config {
     pub listen: SocketAddr,
 
     #[command(flatten)]
-    pub log: LogArgs,
+    pub telemetry: TelemetryArgs,
 
     /// auth-service's gRPC address.
     #[arg(

@@ -6,9 +6,15 @@ use strongbox_common::{config, server};
 #[tokio::main]
 async fn main() -> ExitCode {
     let config: Config = config::load();
-    let (listen, command, log) = (config.listen, config.command, config.log);
-    server::run_binary(listen, command, log, None, |listener, shutdown| {
-        gateway::run(config, listener, shutdown)
-    })
+    let (listen, command) = (config.listen, config.command);
+    let telemetry = config.telemetry.clone();
+    server::run_binary(
+        "gateway",
+        listen,
+        command,
+        &telemetry,
+        None,
+        |listener, shutdown| gateway::run(config, listener, shutdown),
+    )
     .await
 }

@@ -1,6 +1,6 @@
 //! The gRPC routes: each call to `auth.v1.AuthService` or `storage.v1.StorageService`
 //! is checked here (admitted — rates, open calls — and bearer tokens verified before any
-//! upstream is touched; the client's address and a request id attached) and forwarded
+//! upstream is touched; the client's address attached) and forwarded
 //! as-is to the service that owns it.
 
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use http::{HeaderValue, Request, Response};
 use strongbox_common::jwt::Verifier;
-use strongbox_common::server::{CLIENT_ADDRESS_HEADER, REQUEST_ID_HEADER};
+use strongbox_common::server::CLIENT_ADDRESS_HEADER;
 use tonic::Status;
 
 use crate::admission::Admission;
@@ -111,19 +111,13 @@ pub async fn unknown_call(request: Request<Body>) -> Response<Body> {
     }
 }
 
-/// Attaches the client's address (replacing whatever the client sent under that name)
-/// and keeps the caller's request id, or starts one, so one id follows a call across
-/// services.
+/// Attaches the client's address, replacing whatever the client sent under that name.
+/// (The request id and trace context were set for the whole request, in its span.)
 fn prepared(mut request: Request<Body>, client: ClientAddress) -> Request<Body> {
     let headers = request.headers_mut();
     headers.remove(CLIENT_ADDRESS_HEADER);
     if let Ok(address) = HeaderValue::from_str(&client.to_string()) {
         headers.insert(CLIENT_ADDRESS_HEADER, address);
-    }
-    if !headers.contains_key(REQUEST_ID_HEADER)
-        && let Ok(id) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
-    {
-        headers.insert(REQUEST_ID_HEADER, id);
     }
     request
 }

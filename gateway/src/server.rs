@@ -24,6 +24,7 @@ use http::{HeaderName, HeaderValue, Method, header};
 use strongbox_common::jwt::Verifier;
 use strongbox_common::metrics::{self, CallMetricsLayer};
 use strongbox_common::server::{self, REQUEST_ID_HEADER};
+use strongbox_common::telemetry;
 use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
 use tonic_web::GrpcWebLayer;
@@ -184,6 +185,8 @@ fn cors(origins: &[String]) -> Result<CorsLayer, GatewayError> {
             header("x-user-agent"),
             header("grpc-timeout"),
             header(REQUEST_ID_HEADER),
+            header(telemetry::TRACEPARENT),
+            header("tracestate"),
         ])
         .expose_headers([
             header("grpc-status"),
@@ -201,8 +204,17 @@ async fn scrape() -> impl axum::response::IntoResponse {
     )
 }
 
-/// A span per request, like the services' per-call spans.
-async fn in_span(request: Request, next: Next) -> Response {
-    let span = server::span_for(request.uri().path(), request.headers());
+/// A span per request, like the services' per-call spans. The request id and the trace
+/// context it carries on to a service are set here, so the gateway's lines and the
+/// service's name the same call.
+async fn in_span(mut request: Request, next: Next) -> Response {
+    let headers = request.headers_mut();
+    if !headers.contains_key(REQUEST_ID_HEADER)
+        && let Ok(id) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+    {
+        headers.insert(REQUEST_ID_HEADER, id);
+    }
+    let (span, trace) = server::span_for(request.uri().path(), request.headers());
+    trace.inject(request.headers_mut());
     next.run(request).instrument(span).await
 }

@@ -14,13 +14,18 @@ struct Args {}
 async fn main() -> ExitCode {
     let _: Args = config::load();
     let settings = Settings::from_env();
-    telemetry::init(settings.gateway.log.log_format);
+    let telemetry = match telemetry::init(&settings.gateway.telemetry, "strongbox") {
+        Ok(telemetry) => telemetry,
+        Err(err) => return server::exit_with(&err),
+    };
     let ready = |url: &str| {
         tracing::info!("Strongbox is running: open {url}/");
         println!("Strongbox is running: open {url}/  (Ctrl-C stops it)");
     };
-    match strongbox::run(settings, shutdown::signal(), ready).await {
+    let exit = match strongbox::run(settings, shutdown::signal(), ready).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => server::exit_with(&err),
-    }
+    };
+    telemetry.shutdown().await;
+    exit
 }

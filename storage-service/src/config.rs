@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use strongbox_common::config::{Command, DataDirArgs, Secret};
 use strongbox_common::metrics::MetricsArgs;
-use strongbox_common::telemetry::LogArgs;
+use strongbox_common::telemetry::TelemetryArgs;
 
 use crate::usage::Limits;
 
@@ -29,7 +29,7 @@ pub struct Config {
     pub listen: SocketAddr,
 
     #[command(flatten)]
-    pub log: LogArgs,
+    pub telemetry: TelemetryArgs,
 
     #[command(flatten)]
     pub metrics: MetricsArgs,

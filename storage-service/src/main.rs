@@ -7,10 +7,16 @@ use strongbox_common::{config, server};
 async fn main() -> ExitCode {
     storage_service::memory::return_large_buffers();
     let config: Config = config::load();
-    let (listen, command, log) = (config.listen, config.command, config.log);
+    let (listen, command) = (config.listen, config.command);
+    let telemetry = config.telemetry.clone();
     let metrics = config.metrics.metrics_listen;
-    server::run_binary(listen, command, log, metrics, |listener, shutdown| {
-        storage_service::run(config, listener, shutdown)
-    })
+    server::run_binary(
+        "storage-service",
+        listen,
+        command,
+        &telemetry,
+        metrics,
+        |listener, shutdown| storage_service::run(config, listener, shutdown),
+    )
     .await
 }

@@ -53,7 +53,7 @@ impl Stack {
         adjust_auth: impl FnOnce(&mut auth_service::Config),
         adjust: impl FnOnce(&mut storage_service::Config),
     ) -> Self {
-        strongbox_common::telemetry::init(Default::default());
+        let _ = strongbox_common::telemetry::init(&Default::default(), "tests");
         let dir = Scratch::new();
         let auth = TestAuth::start_in(&dir, adjust_auth);
         let s3 = (backend == Backend::S3).then(|| TestS3::start(&dir));

@@ -1,6 +1,6 @@
 //! Logs as an operator ships them, from a real auth-service process writing to a pipe:
-//! `LOG_FORMAT=json` gives one JSON object per line carrying the call's method and
-//! request id; the default text has no terminal colour codes when it is not written to
+//! `LOG_FORMAT=json` gives one JSON object per line carrying the call's method, request
+//! id and trace id (the caller's, continued even with no collector to export to); the default text has no terminal colour codes when it is not written to
 //! a terminal; and neither ever holds the password of the call it logs.
 
 use std::process::Stdio;
@@ -13,6 +13,8 @@ use strongbox_tests::Scratch;
 use strongbox_tests::tools::workspace_binary;
 
 const PASSWORD: &str = "a password that must never be logged";
+/// The trace the test's caller is in (W3C `traceparent`); no collector is configured.
+const CALLERS_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 
 /// Everything auth-service wrote to its stdout (a pipe) while it served one Register
 /// with request id `request_id`, with `LOG_FORMAT` set to `format` if given.
@@ -57,6 +59,12 @@ async fn log_of_one_register(format: Option<&str>, request_id: &str) -> String {
     request
         .metadata_mut()
         .insert(REQUEST_ID_HEADER, request_id.parse().expect("ASCII"));
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{CALLERS_TRACE}-b7ad6b7169203331-01")
+            .parse()
+            .expect("ASCII"),
+    );
     AuthServiceClient::new(channel)
         .register(request)
         .await
@@ -94,6 +102,7 @@ async fn json_logs_are_one_object_per_line_with_the_calls_request_id() {
         .find(|line| line["message"] == "registered")
         .unwrap_or_else(|| panic!("the Register call is logged: {log}"));
     assert_eq!(registered["span"]["request_id"], "log-test-json", "{log}");
+    assert_eq!(registered["span"]["trace_id"], CALLERS_TRACE, "{log}");
     assert_eq!(
         registered["span"]["method"],
         "/auth.v1.AuthService/Register"
