@@ -5,6 +5,8 @@
 #   chromium        Debian's package, driven by playwright-core          → /usr/bin/chromium
 #   docker-compose  Debian's package, to validate docker-compose.yml (no engine needed)
 #   jq              Debian's package; the README's grpcurl examples use it
+#   openssl, certutil  Debian's openssl and libnss3-tools: the e2e's test CA, and Chromium's
+#                   trust store for it
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools="$PWD/.tools"
@@ -35,6 +37,8 @@ missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 command -v jq >/dev/null 2>&1 || missing+=(jq)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v certutil >/dev/null 2>&1 || missing+=(libnss3-tools)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]} (Debian packages)"
     if [ "$(id -u)" -ne 0 ]; then

@@ -153,7 +153,12 @@ pub fn exit_with(err: &dyn std::fmt::Display) -> std::process::ExitCode {
 /// The `healthcheck` subcommand: checks the service listening on `listen` (a wildcard
 /// address means this host) and turns its health into an exit code.
 pub async fn healthcheck(listen: std::net::SocketAddr) -> std::process::ExitCode {
-    match check_serving(listen).await {
+    report_health(check_serving(listen).await)
+}
+
+/// A health check's result as the `healthcheck` subcommand's output and exit code.
+pub fn report_health(checked: Result<(), String>) -> std::process::ExitCode {
+    match checked {
         Ok(()) => {
             println!("SERVING");
             std::process::ExitCode::SUCCESS
@@ -165,20 +170,38 @@ pub async fn healthcheck(listen: std::net::SocketAddr) -> std::process::ExitCode
     }
 }
 
-/// One `grpc.health.v1` check of the server listening on `listen` (a wildcard address
-/// means this host), answered within 5 s: `Ok` if it is SERVING, else what it said
-/// instead.
-pub async fn check_serving(listen: std::net::SocketAddr) -> Result<(), String> {
-    use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+/// Where to reach a server listening on `listen` from this host (a wildcard address
+/// means loopback).
+pub fn local_target(listen: std::net::SocketAddr) -> std::net::SocketAddr {
     let mut target = listen;
     if target.ip().is_unspecified() {
         target.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let check = async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{target}"))?
+    target
+}
+
+/// One `grpc.health.v1` check of the server listening on `listen` (a wildcard address
+/// means this host), answered within 5 s: `Ok` if it is SERVING, else what it said
+/// instead.
+pub async fn check_serving(listen: std::net::SocketAddr) -> Result<(), String> {
+    let target = local_target(listen);
+    let channel = async move {
+        tonic::transport::Endpoint::from_shared(format!("http://{target}"))?
             .connect()
-            .await?;
+            .await
+    };
+    check_serving_with(channel, target).await
+}
+
+/// [`check_serving`] over a channel that `connect` makes (plain or TLS).
+pub async fn check_serving_with(
+    connect: impl Future<Output = Result<tonic::transport::Channel, tonic::transport::Error>>,
+    target: std::net::SocketAddr,
+) -> Result<(), String> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let check = async {
+        let channel = connect.await?;
         let response = HealthClient::new(channel)
             .check(HealthCheckRequest {
                 service: String::new(),

@@ -2,6 +2,7 @@
 //! come from the same declaration.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -28,6 +29,15 @@ pub struct Config {
 
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+
+    /// PEM certificate chain (leaf first) to serve HTTPS on GATEWAY_LISTEN, with
+    /// GATEWAY_TLS_KEY; reloaded on SIGHUP and when the file changes. Unset: plain HTTP.
+    #[arg(long, env = "GATEWAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of GATEWAY_TLS_CERT (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "GATEWAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 
     /// auth-service's gRPC address.
     #[arg(

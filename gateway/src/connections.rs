@@ -37,6 +37,7 @@ use tower::ServiceExt;
 
 use crate::client_address::TrustedProxies;
 use crate::limits::{Held, Holdings};
+use crate::tls::FrontDoorTls;
 
 /// How long a connection being closed for idleness (or at shutdown, once its calls are
 /// done) may take to say goodbye before it is dropped.
@@ -57,11 +58,13 @@ pub struct ConnectionLimits {
     pub trusted_proxies: TrustedProxies,
 }
 
-/// Serves `app` until `shutdown` resolves, then lets open calls finish.
+/// Serves `app` until `shutdown` resolves, then lets open calls finish; over TLS when
+/// `tls` is given.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
+    tls: Option<Arc<FrontDoorTls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -105,7 +108,13 @@ pub async fn serve(
             peer,
             _permits: permits,
         };
-        connections.spawn(connection.run(builder.clone(), socket, app.clone(), stop.clone()));
+        connections.spawn(connection.run(
+            builder.clone(),
+            socket,
+            tls.clone(),
+            app.clone(),
+            stop.clone(),
+        ));
     }
     drop(listener);
     stopping.send_replace(true);
@@ -169,6 +178,7 @@ impl Connection {
         self,
         builder: auto::Builder<TokioExecutor>,
         socket: TcpStream,
+        tls: Option<Arc<FrontDoorTls>>,
         app: Router,
         mut stop: watch::Receiver<bool>,
     ) {
@@ -176,6 +186,38 @@ impl Connection {
         if let Err(err) = socket.set_nodelay(true) {
             tracing::warn!(%err, "cannot set TCP_NODELAY on a connection");
         }
+        let Some(tls) = tls else {
+            return self.serve(builder, socket, app, stop).await;
+        };
+        // The handshake is part of the first request's time: a client that connects and
+        // says nothing is closed as soon with TLS as without.
+        let handshake = tokio::time::timeout(self.limits.header_read_timeout, tls.accept(socket));
+        let accepted = tokio::select! {
+            accepted = handshake => accepted,
+            () = stopped(&mut stop) => return,
+        };
+        match accepted {
+            Ok(Ok(stream)) => self.serve(builder, stream, app, stop).await,
+            Ok(Err(err)) => {
+                tracing::debug!(peer = %self.peer, %err, "TLS handshake failed");
+                metrics::counter!("strongbox_tls_handshake_failures_total").increment(1);
+            }
+            Err(_) => {
+                tracing::debug!(peer = %self.peer, "no TLS handshake within the header-read timeout");
+                metrics::counter!("strongbox_tls_handshake_failures_total").increment(1);
+            }
+        }
+    }
+
+    async fn serve<S>(
+        self,
+        builder: auto::Builder<TokioExecutor>,
+        socket: S,
+        app: Router,
+        mut stop: watch::Receiver<bool>,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let service = self.service(app);
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(socket), TowerToHyperService::new(service))

@@ -2,6 +2,7 @@
 //! page and download links, all on one port.
 //!
 //! - [`connections`]: the accept loop — connection caps, header-read and idle timeouts;
+//! - [`tls`]: HTTPS on the same port, certificates reloaded on SIGHUP or change;
 //! - [`admission`]: rates and open calls per client ([`limits`], [`client_address`]);
 //! - [`upstream`]: the services behind it, a small pool of h2c connections each;
 //! - [`proxy`]: the gRPC routes — tokens verified, request ids attached, calls forwarded;
@@ -20,6 +21,7 @@ pub mod limits;
 pub mod page;
 pub mod proxy;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 
 pub use config::Config;

@@ -6,6 +6,11 @@ use strongbox_common::{config, server};
 #[tokio::main]
 async fn main() -> ExitCode {
     let config: Config = config::load();
+    if config.command == Some(config::Command::Healthcheck)
+        && let Some(cert) = &config.tls_cert
+    {
+        return server::report_health(gateway::tls::check_serving(config.listen, cert).await);
+    }
     let (listen, command) = (config.listen, config.command);
     let telemetry = config.telemetry.clone();
     server::run_binary(

@@ -36,6 +36,7 @@ use crate::config::Config;
 use crate::connections::{self, ConnectionLimits};
 use crate::health::watch_upstreams;
 use crate::proxy::{self, Gateway};
+use crate::tls::FrontDoorTls;
 use crate::upstream::{BadUpstreamUrl, Upstream};
 use crate::{downloads, page};
 
@@ -45,6 +46,8 @@ pub enum GatewayError {
     Upstream(#[from] BadUpstreamUrl),
     #[error("CORS_ALLOWED_ORIGINS has an invalid origin: {0}")]
     CorsOrigin(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("serving failed: {0}")]
     Serve(#[from] std::io::Error),
 }
@@ -114,14 +117,23 @@ pub async fn run(
         .fallback(proxy::unknown_call)
         .layer(middleware::from_fn(in_span));
 
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(FrontDoorTls::load(cert, key)?)),
+        _ => None,
+    };
+    let reloads = tls.as_ref().map(|tls| tls.watch());
     let limits = connection_limits(&config);
     tracing::info!(
         addr = %listener.local_addr()?,
+        tls = tls.is_some(),
         max_connections = limits.max_connections,
         "gateway listening"
     );
-    connections::serve(listener, app, limits, shutdown).await;
+    connections::serve(listener, app, limits, tls, shutdown).await;
     watcher.abort();
+    if let Some(reloads) = reloads {
+        reloads.abort();
+    }
     Ok(())
 }
 

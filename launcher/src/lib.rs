@@ -54,12 +54,14 @@ const READY_DEADLINE: Duration = Duration::from_secs(60);
 /// How often the gateway's health is asked while starting.
 const READY_POLL: Duration = Duration::from_millis(50);
 
-/// The address a browser uses for a listen address (`0.0.0.0:8000` → `localhost:8000`).
-pub fn browser_url(addr: SocketAddr) -> String {
+/// The address a browser uses for a listen address (`0.0.0.0:8000` →
+/// `http://localhost:8000`, or `https://` when the gateway serves TLS).
+pub fn browser_url(addr: SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
     if addr.ip().is_unspecified() || addr.ip().is_loopback() {
-        format!("http://localhost:{}", addr.port())
+        format!("{scheme}://localhost:{}", addr.port())
     } else {
-        format!("http://{addr}")
+        format!("{scheme}://{addr}")
     }
 }
 
@@ -79,7 +81,8 @@ pub async fn run(
     let auth_url = format!("http://{}", auth_listener.local_addr()?);
     let storage_url = format!("http://{}", storage_listener.local_addr()?);
     let gateway_addr = gateway_listener.local_addr()?;
-    let page_url = browser_url(gateway_addr);
+    let tls_cert = settings.gateway.tls_cert.clone();
+    let page_url = browser_url(gateway_addr, tls_cert.is_some());
     settings.storage.auth_service_url = auth_url.clone();
     if std::env::var_os("PUBLIC_BASE_URL").is_none() {
         settings.storage.public_base_url = page_url.clone();
@@ -109,7 +112,7 @@ pub async fn run(
     let mut shutdown = std::pin::pin!(shutdown);
     let mut not_ready = None;
     tokio::select! {
-        serving = serving(gateway_addr) => match serving {
+        serving = serving(gateway_addr, tls_cert.as_deref()) => match serving {
             Ok(()) => ready(&page_url),
             Err(err) => not_ready = Some(err),
         },
@@ -131,11 +134,16 @@ pub async fn run(
     not_ready.map_or(Ok(()), Err)
 }
 
-/// Waits until the gateway at `addr` reports SERVING, for up to [`READY_DEADLINE`].
-async fn serving(addr: SocketAddr) -> Result<(), LaunchError> {
+/// Waits until the gateway at `addr` reports SERVING (over TLS with the certificate it
+/// serves, if any), for up to [`READY_DEADLINE`].
+async fn serving(addr: SocketAddr, tls_cert: Option<&std::path::Path>) -> Result<(), LaunchError> {
     let deadline = tokio::time::Instant::now() + READY_DEADLINE;
     loop {
-        let last = match server::check_serving(addr).await {
+        let checked = match tls_cert {
+            Some(cert) => gateway::tls::check_serving(addr, cert).await,
+            None => server::check_serving(addr).await,
+        };
+        let last = match checked {
             Ok(()) => return Ok(()),
             Err(last) => last,
         };

@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod process;
 pub mod s3;
 pub mod storage;
+pub mod tls;
 pub mod tools;
 
 /// A service running on its own runtime thread. Dropping it signals shutdown without

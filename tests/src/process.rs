@@ -81,6 +81,16 @@ impl ServiceProcess {
     pub fn cpu_time(&self) -> Duration {
         cpu_time(Some(self.pid))
     }
+
+    /// Sends the process a signal by name (`HUP`, `TERM`, …), as an operator would.
+    pub fn signal(&self, name: &str) {
+        let sent = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid.to_string())
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "cannot send SIG{name} to {}", self.name);
+    }
 }
 
 /// CPU time (user + system, all threads) the process `pid` has used so far; `None`
@@ -163,6 +173,101 @@ impl Profile {
         match self {
             Self::Debug => "debug",
             Self::Release => "release",
+        }
+    }
+}
+
+/// The three binaries as separate processes on loopback, wired to each other, with
+/// storage on `s3` (or in a local directory without one): the deployment a black-box
+/// suite looks at from outside.
+pub struct Deployment {
+    pub auth: std::net::SocketAddr,
+    pub storage: std::net::SocketAddr,
+    pub gateway: std::net::SocketAddr,
+    pub auth_process: ServiceProcess,
+    pub storage_process: ServiceProcess,
+    pub gateway_process: ServiceProcess,
+}
+
+impl Deployment {
+    /// Starts auth-service, storage-service and the gateway in `dir`, each with its own
+    /// settings plus `shared` (given to all three), and `gateway` given to the gateway
+    /// only; returns once each reports SERVING through its `healthcheck`.
+    pub async fn start(
+        dir: &crate::Scratch,
+        s3: Option<&crate::s3::TestS3>,
+        shared: &[(&str, String)],
+        gateway: &[(&str, String)],
+    ) -> Self {
+        let free = || {
+            crate::reserve_port(0)
+                .local_addr()
+                .expect("a free loopback port")
+        };
+        let (auth, storage, gateway_addr) = (free(), free(), free());
+        let environment = |own: Vec<(&str, String)>, extra: &[(&str, String)]| {
+            own.into_iter()
+                .chain(shared.iter().cloned())
+                .chain(extra.iter().cloned())
+                .map(|(key, value)| (key.to_owned(), value))
+                .collect::<BTreeMap<String, String>>()
+        };
+        let auth_process = ServiceProcess::start(
+            &crate::tools::workspace_binary("auth-service"),
+            &environment(
+                vec![
+                    ("AUTH_LISTEN", auth.to_string()),
+                    ("DATA_DIR", dir.join("auth").display().to_string()),
+                    ("BCRYPT_ROUNDS", "4".to_owned()),
+                ],
+                &[],
+            ),
+            dir.path(),
+        )
+        .await;
+        let storage_process = ServiceProcess::start(
+            &crate::tools::workspace_binary("storage-service"),
+            &environment(
+                [
+                    ("STORAGE_LISTEN", storage.to_string()),
+                    ("DATA_DIR", dir.join("storage").display().to_string()),
+                    ("AUTH_SERVICE_URL", format!("http://{auth}")),
+                ]
+                .into_iter()
+                .chain(s3.into_iter().flat_map(|s3| {
+                    [
+                        ("STORAGE_ENDPOINT", s3.endpoint()),
+                        ("STORAGE_ACCESS_KEY", crate::s3::ACCESS_KEY.to_owned()),
+                        ("STORAGE_SECRET_KEY", crate::s3::SECRET_KEY.to_owned()),
+                        ("STORAGE_BUCKET", crate::storage::BUCKET.to_owned()),
+                    ]
+                }))
+                .collect(),
+                &[],
+            ),
+            dir.path(),
+        )
+        .await;
+        let gateway_process = ServiceProcess::start(
+            &crate::tools::workspace_binary("gateway"),
+            &environment(
+                vec![
+                    ("GATEWAY_LISTEN", gateway_addr.to_string()),
+                    ("AUTH_SERVICE_URL", format!("http://{auth}")),
+                    ("STORAGE_SERVICE_URL", format!("http://{storage}")),
+                ],
+                gateway,
+            ),
+            dir.path(),
+        )
+        .await;
+        Self {
+            auth,
+            storage,
+            gateway: gateway_addr,
+            auth_process,
+            storage_process,
+            gateway_process,
         }
     }
 }

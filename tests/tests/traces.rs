@@ -4,7 +4,6 @@
 //! trace id, the service's span a child of the gateway's. A caller's own `traceparent`
 //! is continued, not replaced.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,10 +21,8 @@ use strongbox_proto::storage::v1::ListFilesRequest;
 use strongbox_proto::storage::v1::storage_service_client::StorageServiceClient;
 use strongbox_tests::Scratch;
 use strongbox_tests::auth::with_bearer;
-use strongbox_tests::process::ServiceProcess;
-use strongbox_tests::s3::{ACCESS_KEY, SECRET_KEY, TestS3};
-use strongbox_tests::storage::BUCKET;
-use strongbox_tests::tools::workspace_binary;
+use strongbox_tests::process::Deployment;
+use strongbox_tests::s3::TestS3;
 
 /// One exported span, as far as this test looks at it.
 #[derive(Debug, Clone)]
@@ -138,19 +135,6 @@ impl Collector {
     }
 }
 
-fn free_addr() -> SocketAddr {
-    strongbox_tests::reserve_port(0)
-        .local_addr()
-        .expect("a free port")
-}
-
-fn environment(pairs: &[(&str, String)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(key, value)| ((*key).to_owned(), value.clone()))
-        .collect()
-}
-
 const REGISTER: &str = "/auth.v1.AuthService/Register";
 const LIST_FILES: &str = "/storage.v1.StorageService/ListFiles";
 const CALLERS_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
@@ -160,52 +144,16 @@ async fn a_call_through_the_gateway_is_one_trace_in_both_processes() {
     let scratch = Scratch::new();
     let s3 = TestS3::start(&scratch);
     let (collector, collector_addr) = Collector::start().await;
-    let (auth, storage, gateway) = (free_addr(), free_addr(), free_addr());
-    let exporting = |mut pairs: Vec<(&'static str, String)>| {
-        pairs.extend([
-            (
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-                format!("http://{collector_addr}"),
-            ),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
-            ("RUST_LOG", "info".to_owned()),
-        ]);
-        environment(&pairs)
-    };
-    let _auth = ServiceProcess::start(
-        &workspace_binary("auth-service"),
-        &exporting(vec![
-            ("AUTH_LISTEN", auth.to_string()),
-            ("DATA_DIR", scratch.join("auth").display().to_string()),
-            ("BCRYPT_ROUNDS", "4".to_owned()),
-        ]),
-        scratch.path(),
-    )
-    .await;
-    let _storage = ServiceProcess::start(
-        &workspace_binary("storage-service"),
-        &exporting(vec![
-            ("STORAGE_LISTEN", storage.to_string()),
-            ("DATA_DIR", scratch.join("storage").display().to_string()),
-            ("STORAGE_ENDPOINT", s3.endpoint()),
-            ("STORAGE_ACCESS_KEY", ACCESS_KEY.to_owned()),
-            ("STORAGE_SECRET_KEY", SECRET_KEY.to_owned()),
-            ("STORAGE_BUCKET", BUCKET.to_owned()),
-            ("AUTH_SERVICE_URL", format!("http://{auth}")),
-        ]),
-        scratch.path(),
-    )
-    .await;
-    let _gateway = ServiceProcess::start(
-        &workspace_binary("gateway"),
-        &exporting(vec![
-            ("GATEWAY_LISTEN", gateway.to_string()),
-            ("AUTH_SERVICE_URL", format!("http://{auth}")),
-            ("STORAGE_SERVICE_URL", format!("http://{storage}")),
-        ]),
-        scratch.path(),
-    )
-    .await;
+    let exporting = [
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://{collector_addr}"),
+        ),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+        ("RUST_LOG", "info".to_owned()),
+    ];
+    let deployment = Deployment::start(&scratch, Some(&s3), &exporting, &[]).await;
+    let gateway = deployment.gateway;
 
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{gateway}"))
         .expect("a URL")
