@@ -27,6 +27,15 @@ pub struct Config {
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
 
+    /// PEM certificate chain to serve gRPC over TLS (with AUTH_TLS_KEY), for callers that
+    /// use an https:// URL. Unset: h2c, for a private network.
+    #[arg(long, env = "AUTH_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of AUTH_TLS_CERT.
+    #[arg(long, env = "AUTH_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
     #[command(flatten)]
     pub metrics: MetricsArgs,
 
@@ -163,5 +172,17 @@ impl Config {
 
     pub fn refresh_reuse_interval(&self) -> Duration {
         Duration::from_secs(self.refresh_reuse_interval_seconds)
+    }
+}
+
+impl Config {
+    /// The certificate this service serves gRPC with, if TLS is on.
+    pub fn served_certificate(&self) -> Option<strongbox_common::tls::ServedCertificate> {
+        Some(strongbox_common::tls::ServedCertificate {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            cert_setting: "AUTH_TLS_CERT",
+            key_setting: "AUTH_TLS_KEY",
+        })
     }
 }

@@ -13,10 +13,12 @@ async fn main() -> ExitCode {
     }
     let (listen, metrics) = (config.listen, config.metrics.metrics_listen);
     let telemetry = config.telemetry.clone();
+    let tls_cert = config.tls_cert.clone();
     let command = config.command.and_then(AuthCommand::shared);
     server::run_binary(
         "auth-service",
         listen,
+        tls_cert.as_deref(),
         command,
         &telemetry,
         metrics,

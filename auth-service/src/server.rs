@@ -21,6 +21,11 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AuthError> {
+    let tls = config
+        .served_certificate()
+        .map(|certificate| certificate.server_config())
+        .transpose()
+        .map_err(|err| AuthError::Internal(err.to_string()))?;
     let api = build(&config).await?;
     let store = api.store.clone();
     let purge = tokio::spawn(purge_periodically(
@@ -32,8 +37,12 @@ pub async fn run(
     let (routes, health) = server::base_routes();
     let routes = routes.add_service(AuthServiceServer::new(api));
     health.set_serving::<AuthServiceServer<AuthApi>>().await;
-    tracing::info!(addr = %listener.local_addr().map_err(io)?, "auth-service listening");
-    let served = server::serve(listener, "auth-service", routes, shutdown).await;
+    tracing::info!(
+        addr = %listener.local_addr().map_err(io)?,
+        tls = tls.is_some(),
+        "auth-service listening"
+    );
+    let served = server::serve(listener, "auth-service", routes, tls, shutdown).await;
 
     health.set_not_serving::<AuthServiceServer<AuthApi>>().await;
     purge.abort();

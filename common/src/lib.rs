@@ -19,3 +19,4 @@ pub mod server;
 pub mod shutdown;
 pub mod sqlite;
 pub mod telemetry;
+pub mod tls;

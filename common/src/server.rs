@@ -89,19 +89,24 @@ pub fn span_for(path: &str, headers: &http::HeaderMap) -> (tracing::Span, CallTr
     (span, trace)
 }
 
-/// Serves `routes` on `listener` until `shutdown` resolves, then lets in-flight calls
-/// finish.
+/// Serves `routes` on `listener` (over TLS with `tls`) until `shutdown` resolves, then
+/// lets in-flight calls finish.
 pub async fn serve(
     listener: TcpListener,
     component: &'static str,
     routes: Routes,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     // `Server::tcp_nodelay` only reaches sockets tonic accepts itself; on an incoming
     // stream it is a no-op. Without TCP_NODELAY a small response (a unary reply, a
     // trailer) can sit in Nagle's buffer until the peer's delayed ACK, 40 ms on Linux.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    Server::builder()
+    let mut server = Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    server
         .layer(crate::metrics::CallMetricsLayer::new(component))
         .trace_fn(call_span)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -218,11 +223,13 @@ pub async fn check_serving_with(
 }
 
 /// The whole `main` of a service binary, after its configuration is parsed: answer
-/// `healthcheck`, or set up telemetry (as `component`), bind `listen` and run the
-/// service until SIGINT/SIGTERM. `serve` is the service's `run`.
+/// `healthcheck` (over TLS, trusting `tls_cert`, when the service serves it), or set up
+/// telemetry (as `component`), bind `listen` and run the service until SIGINT/SIGTERM.
+/// `serve` is the service's `run`.
 pub async fn run_binary<F, Fut, E>(
     component: &'static str,
     listen: std::net::SocketAddr,
+    tls_cert: Option<&std::path::Path>,
     command: Option<crate::config::Command>,
     telemetry: &crate::telemetry::TelemetryArgs,
     metrics: Option<std::net::SocketAddr>,
@@ -234,7 +241,10 @@ where
     E: std::fmt::Display,
 {
     if command == Some(crate::config::Command::Healthcheck) {
-        return healthcheck(listen).await;
+        return match tls_cert {
+            Some(cert) => report_health(crate::tls::check_serving_pinned(listen, cert).await),
+            None => healthcheck(listen).await,
+        };
     }
     let telemetry = match crate::telemetry::init(telemetry, component) {
         Ok(telemetry) => telemetry,

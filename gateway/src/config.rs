@@ -39,6 +39,11 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// CA certificate (PEM) that signed the services' certificates: required for
+    /// https:// service URLs, which trust it and nothing else.
+    #[arg(long, env = "SERVICE_CA_FILE")]
+    pub service_ca_file: Option<PathBuf>,
+
     /// auth-service's gRPC address.
     #[arg(
         long,

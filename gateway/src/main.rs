@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use gateway::Config;
-use strongbox_common::{config, server};
+use strongbox_common::{config, server, tls};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -9,13 +9,14 @@ async fn main() -> ExitCode {
     if config.command == Some(config::Command::Healthcheck)
         && let Some(cert) = &config.tls_cert
     {
-        return server::report_health(gateway::tls::check_serving(config.listen, cert).await);
+        return server::report_health(tls::check_serving_pinned(config.listen, cert).await);
     }
     let (listen, command) = (config.listen, config.command);
     let telemetry = config.telemetry.clone();
     server::run_binary(
         "gateway",
         listen,
+        None,
         command,
         &telemetry,
         None,

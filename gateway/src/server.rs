@@ -39,6 +39,7 @@ use crate::proxy::{self, Gateway};
 use crate::tls::FrontDoorTls;
 use crate::upstream::{BadUpstreamUrl, Upstream};
 use crate::{downloads, page};
+use strongbox_common::tls::ServiceCa;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -48,6 +49,8 @@ pub enum GatewayError {
     CorsOrigin(String),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    ServiceTls(#[from] strongbox_common::tls::TlsError),
     #[error("serving failed: {0}")]
     Serve(#[from] std::io::Error),
 }
@@ -59,15 +62,18 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
     let connections = usize::try_from(config.upstream_connections).unwrap_or(1);
+    let ca = ServiceCa::load(config.service_ca_file.as_deref())?;
     let auth = Upstream::new(
         "auth-service",
         &config.auth_service_url,
+        ca.as_ref(),
         config.upstream_connect_timeout(),
         connections,
     )?;
     let storage = Upstream::new(
         "storage-service",
         &config.storage_service_url,
+        ca.as_ref(),
         config.upstream_connect_timeout(),
         connections,
     )?;

@@ -27,13 +27,18 @@ use futures::TryStreamExt;
 use http::uri::{Authority, Scheme};
 use http::{HeaderMap, HeaderValue, Request, Response, Uri, Version, header};
 use http_body_util::BodyExt;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use strongbox_common::server::flow;
+use strongbox_common::tls::{self, ServiceCa};
 use tonic::Status;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+
+/// The pool's HTTP/2 client (the connector passes h2c through untouched).
+type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
 
 use crate::proxy::status_response;
 
@@ -50,6 +55,8 @@ pub struct BadUpstreamUrl {
 pub struct Upstream {
     /// "auth-service" or "storage-service", for messages.
     pub name: &'static str,
+    /// http (h2c) or https, as the URL says: the pool's connector goes by it.
+    scheme: Scheme,
     authority: Authority,
     pool: Arc<[PooledConnection]>,
     /// The gateway's own calls: health checks and verification keys. Never shared with
@@ -62,7 +69,7 @@ pub struct Upstream {
 /// One HTTP/2 connection of the pool (a client with a pool of its own keeps exactly
 /// one to the service), and how many calls it carries.
 struct PooledConnection {
-    client: Client<HttpConnector, Body>,
+    client: UpstreamClient,
     in_flight: Arc<AtomicUsize>,
 }
 
@@ -74,6 +81,7 @@ impl Upstream {
     pub fn new(
         name: &'static str,
         url: &str,
+        ca: Option<&ServiceCa>,
         connect_timeout: Duration,
         connections: usize,
     ) -> Result<Self, BadUpstreamUrl> {
@@ -83,21 +91,38 @@ impl Upstream {
             reason: reason.to_owned(),
         };
         let uri: Uri = url.parse().map_err(|_| invalid("not a URL"))?;
-        if uri.scheme() != Some(&Scheme::HTTP) {
-            return Err(invalid("only plain http:// (h2c) upstreams are supported"));
-        }
+        let tls = match uri.scheme() {
+            Some(scheme) if *scheme == Scheme::HTTP => None,
+            Some(scheme) if *scheme == Scheme::HTTPS => {
+                let ca = ca.ok_or_else(|| {
+                    invalid("https:// needs SERVICE_CA_FILE, the CA that signed its certificate")
+                })?;
+                Some(
+                    ca.client_config()
+                        .map_err(|err| invalid(&err.to_string()))?,
+                )
+            }
+            _ => return Err(invalid("use http:// (h2c) or https://")),
+        };
+        let scheme = if tls.is_some() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        };
         let authority = uri.authority().cloned().ok_or_else(|| invalid("no host"))?;
         let pool = (0..connections.max(1))
             .map(|_| PooledConnection {
-                client: http2_client(connect_timeout),
+                client: http2_client(connect_timeout, tls.clone()),
                 in_flight: Arc::new(AtomicUsize::new(0)),
             })
             .collect();
-        let endpoint = Endpoint::from(uri)
+        let endpoint = tls::service_endpoint(url, ca)
+            .map_err(|err| invalid(&err.to_string()))?
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true);
         Ok(Self {
             name,
+            scheme,
             authority,
             pool,
             control: endpoint.connect_lazy(),
@@ -189,7 +214,7 @@ impl Upstream {
     /// Points the request at this upstream, as HTTP/2 with only end-to-end headers.
     fn retarget(&self, request: &mut Request<Body>) -> Result<(), Status> {
         let mut target = Uri::builder()
-            .scheme(Scheme::HTTP)
+            .scheme(self.scheme.clone())
             .authority(self.authority.clone());
         if let Some(path) = request.uri().path_and_query().cloned() {
             target = target.path_and_query(path);
@@ -226,10 +251,28 @@ impl Upstream {
     }
 }
 
-fn http2_client(connect_timeout: Duration) -> Client<HttpConnector, Body> {
+/// An HTTP/2 client: h2c, or TLS trusting only `tls`'s CA when it is given.
+fn http2_client(connect_timeout: Duration, tls: Option<rustls::ClientConfig>) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(connect_timeout));
     connector.set_nodelay(true);
+    // TLS needs the connector to accept https://; plain http:// passes straight through.
+    connector.enforce_http(false);
+    // Without a CA, Upstream::new refuses https:// URLs: an empty root store is never used.
+    let tls = tls.unwrap_or_else(|| {
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("the provider supports TLS 1.2 and 1.3")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
+    });
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http2()
+        .wrap_connector(connector);
     Client::builder(TokioExecutor::new())
         .http2_only(true)
         .http2_initial_stream_window_size(flow::STREAM_WINDOW)

@@ -140,7 +140,7 @@ async fn serving(addr: SocketAddr, tls_cert: Option<&std::path::Path>) -> Result
     let deadline = tokio::time::Instant::now() + READY_DEADLINE;
     loop {
         let checked = match tls_cert {
-            Some(cert) => gateway::tls::check_serving(addr, cert).await,
+            Some(cert) => strongbox_common::tls::check_serving_pinned(addr, cert).await,
             None => server::check_serving(addr).await,
         };
         let last = match checked {

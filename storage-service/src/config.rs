@@ -31,6 +31,20 @@ pub struct Config {
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
 
+    /// PEM certificate chain to serve gRPC over TLS (with STORAGE_TLS_KEY), for callers that
+    /// use an https:// URL. Unset: h2c, for a private network.
+    #[arg(long, env = "STORAGE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of STORAGE_TLS_CERT.
+    #[arg(long, env = "STORAGE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// CA certificate (PEM) that signed the services' certificates: required for
+    /// https:// service URLs, which trust it and nothing else.
+    #[arg(long, env = "SERVICE_CA_FILE")]
+    pub service_ca_file: Option<std::path::PathBuf>,
+
     #[command(flatten)]
     pub metrics: MetricsArgs,
 
@@ -254,5 +268,17 @@ impl Config {
 
     pub fn upload_session_ttl(&self) -> Duration {
         Duration::from_secs(self.upload_session_ttl_seconds)
+    }
+}
+
+impl Config {
+    /// The certificate this service serves gRPC with, if TLS is on.
+    pub fn served_certificate(&self) -> Option<strongbox_common::tls::ServedCertificate> {
+        Some(strongbox_common::tls::ServedCertificate {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            cert_setting: "STORAGE_TLS_CERT",
+            key_setting: "STORAGE_TLS_KEY",
+        })
     }
 }

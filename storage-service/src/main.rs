@@ -9,10 +9,12 @@ async fn main() -> ExitCode {
     let config: Config = config::load();
     let (listen, command) = (config.listen, config.command);
     let telemetry = config.telemetry.clone();
+    let tls_cert = config.tls_cert.clone();
     let metrics = config.metrics.metrics_listen;
     server::run_binary(
         "storage-service",
         listen,
+        tls_cert.as_deref(),
         command,
         &telemetry,
         metrics,

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strongbox_common::jwt::Verifier;
+use strongbox_common::tls::{self, ServiceCa};
 use strongbox_common::{secrets, server};
 use strongbox_proto::storage::v1::storage_service_server::StorageServiceServer;
 use tokio::net::TcpListener;
-use tonic::transport::Endpoint;
 
 use crate::backend::Backend;
 use crate::config::Config;
@@ -68,8 +68,18 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .map_err(|err| StorageError::Internal(err.to_string()))?;
-    tracing::info!(%addr, backend = %storage.backend.description, "storage-service listening");
-    let served = server::serve(listener, "storage-service", routes, shutdown).await;
+    let tls = config
+        .served_certificate()
+        .map(|certificate| certificate.server_config())
+        .transpose()
+        .map_err(|err| StorageError::Internal(err.to_string()))?;
+    tracing::info!(
+        %addr,
+        tls = tls.is_some(),
+        backend = %storage.backend.description,
+        "storage-service listening"
+    );
+    let served = server::serve(listener, "storage-service", routes, tls, shutdown).await;
 
     health
         .set_not_serving::<StorageServiceServer<StorageApi>>()
@@ -134,8 +144,10 @@ fn verifier(config: &Config) -> Result<Verifier, StorageError> {
     if let Some(secret) = &config.jwt_secret {
         return Ok(Verifier::shared_secret(secret.as_bytes()));
     }
-    let channel = Endpoint::from_shared(config.auth_service_url.clone())
-        .map_err(|err| StorageError::Internal(format!("AUTH_SERVICE_URL is invalid: {err}")))?
+    let ca = ServiceCa::load(config.service_ca_file.as_deref())
+        .map_err(|err| StorageError::Internal(err.to_string()))?;
+    let channel = tls::service_endpoint(&config.auth_service_url, ca.as_ref())
+        .map_err(|err| StorageError::Internal(format!("AUTH_SERVICE_URL: {err}")))?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10))
         .connect_lazy();

@@ -199,12 +199,46 @@ impl Deployment {
         shared: &[(&str, String)],
         gateway: &[(&str, String)],
     ) -> Self {
+        Self::start_with(dir, s3, shared, gateway, None).await
+    }
+
+    /// Like [`Deployment::start`], with every call between the processes over TLS when
+    /// `service_tls` is given: auth-service and storage-service serve certificates of
+    /// that CA, and the gateway and storage-service call them at https:// URLs trusting
+    /// it (`SERVICE_CA_FILE`).
+    pub async fn start_with(
+        dir: &crate::Scratch,
+        s3: Option<&crate::s3::TestS3>,
+        shared: &[(&str, String)],
+        gateway: &[(&str, String)],
+        service_tls: Option<&crate::tls::TestCa>,
+    ) -> Self {
         let free = || {
             crate::reserve_port(0)
                 .local_addr()
                 .expect("a free loopback port")
         };
         let (auth, storage, gateway_addr) = (free(), free(), free());
+        let scheme = if service_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        // Each service's certificate and key, and the CA file its callers trust.
+        let tls_settings = |service: &str, cert_var: &'static str, key_var: &'static str| {
+            let Some(ca) = service_tls else {
+                return Vec::new();
+            };
+            let (cert, key) = ca.server_certificate().write(dir.path(), service, 4096);
+            vec![
+                (cert_var, cert.display().to_string()),
+                (key_var, key.display().to_string()),
+                (
+                    "SERVICE_CA_FILE",
+                    ca.write(&dir.join("service-ca.pem")).display().to_string(),
+                ),
+            ]
+        };
         let environment = |own: Vec<(&str, String)>, extra: &[(&str, String)]| {
             own.into_iter()
                 .chain(shared.iter().cloned())
@@ -220,7 +254,7 @@ impl Deployment {
                     ("DATA_DIR", dir.join("auth").display().to_string()),
                     ("BCRYPT_ROUNDS", "4".to_owned()),
                 ],
-                &[],
+                &tls_settings("auth", "AUTH_TLS_CERT", "AUTH_TLS_KEY"),
             ),
             dir.path(),
         )
@@ -231,7 +265,7 @@ impl Deployment {
                 [
                     ("STORAGE_LISTEN", storage.to_string()),
                     ("DATA_DIR", dir.join("storage").display().to_string()),
-                    ("AUTH_SERVICE_URL", format!("http://{auth}")),
+                    ("AUTH_SERVICE_URL", format!("{scheme}://{auth}")),
                 ]
                 .into_iter()
                 .chain(s3.into_iter().flat_map(|s3| {
@@ -243,7 +277,7 @@ impl Deployment {
                     ]
                 }))
                 .collect(),
-                &[],
+                &tls_settings("storage", "STORAGE_TLS_CERT", "STORAGE_TLS_KEY"),
             ),
             dir.path(),
         )
@@ -253,9 +287,17 @@ impl Deployment {
             &environment(
                 vec![
                     ("GATEWAY_LISTEN", gateway_addr.to_string()),
-                    ("AUTH_SERVICE_URL", format!("http://{auth}")),
-                    ("STORAGE_SERVICE_URL", format!("http://{storage}")),
-                ],
+                    ("AUTH_SERVICE_URL", format!("{scheme}://{auth}")),
+                    ("STORAGE_SERVICE_URL", format!("{scheme}://{storage}")),
+                ]
+                .into_iter()
+                .chain(service_tls.map(|ca| {
+                    (
+                        "SERVICE_CA_FILE",
+                        ca.write(&dir.join("service-ca.pem")).display().to_string(),
+                    )
+                }))
+                .collect(),
                 gateway,
             ),
             dir.path(),

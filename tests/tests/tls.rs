@@ -317,3 +317,136 @@ async fn the_certificate_is_replaced_on_change_and_on_sighup_and_never_by_a_brok
 fn tls_check_interval() -> Duration {
     gateway::tls::CHANGE_CHECK
 }
+
+/// TLS on the private hops too: auth-service and storage-service serve certificates of a
+/// service CA, and the gateway and storage-service reach them at https:// URLs trusting
+/// that CA alone. A whole account-and-file round trip works through it, and the services
+/// no longer answer plain text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_services_can_be_called_over_tls_trusting_only_the_service_ca() {
+    let scratch = Scratch::new();
+    let service_ca = TestCa::new("Strongbox service CA");
+    let deployment = Deployment::start_with(
+        &scratch,
+        None,
+        &[("RUST_LOG", "warn".to_owned())],
+        &[],
+        Some(&service_ca),
+    )
+    .await;
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", deployment.gateway))
+        .expect("a URL")
+        .connect_lazy();
+    let mut accounts = AuthServiceClient::new(channel.clone());
+    let (email, password) = ("hops@example.com", "a password over every hop");
+    accounts
+        .register(RegisterRequest {
+            email: email.into(),
+            password: password.into(),
+        })
+        .await
+        .expect("Register, gateway → auth-service over TLS");
+    let token = accounts
+        .login(LoginRequest {
+            email: email.into(),
+            password: password.into(),
+        })
+        .await
+        .expect("Login")
+        .into_inner()
+        .tokens
+        .expect("tokens")
+        .access_token;
+    let content = pseudo_random(200_000, 3);
+    // storage-service verifies the token with auth-service's keys, fetched over TLS.
+    let stored = StorageServiceClient::new(channel.clone())
+        .put_file(with_bearer(
+            strongbox_proto::storage::v1::PutFileRequest {
+                metadata: Some(FileMetadata {
+                    size: Some(content.len() as u64),
+                    ..metadata("hops.bin", "")
+                }),
+                data: Bytes::from(content.clone()),
+            },
+            &token,
+        ))
+        .await
+        .expect("PutFile, gateway → storage-service over TLS")
+        .into_inner()
+        .file
+        .expect("the stored file");
+    let mut download = StorageServiceClient::new(channel)
+        .download(with_bearer(
+            strongbox_proto::storage::v1::DownloadRequest {
+                key: stored.key,
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .expect("Download")
+        .into_inner();
+    let mut received = Vec::new();
+    while let Some(message) = download.message().await.expect("the stream") {
+        if let Some(strongbox_proto::storage::v1::download_response::Payload::Chunk(chunk)) =
+            message.payload
+        {
+            received.extend_from_slice(&chunk);
+        }
+    }
+    assert!(received == content, "the file came back whole");
+
+    // The services speak only TLS now, with a certificate of the service CA.
+    let ca_file = scratch.join("service-ca.pem");
+    for service in [deployment.auth, deployment.storage] {
+        let target = service.to_string();
+        let plain = grpcurl(&[
+            "-max-time",
+            "5",
+            "-plaintext",
+            "-d",
+            r#"{"service": ""}"#,
+            &target,
+            "grpc.health.v1.Health/Check",
+        ])
+        .await;
+        assert!(!plain.status.success(), "{target} answered plain text");
+        let verified = grpcurl(&[
+            "-cacert",
+            ca_file.to_str().unwrap(),
+            "-d",
+            r#"{"service": ""}"#,
+            &target,
+            "grpc.health.v1.Health/Check",
+        ])
+        .await;
+        assert!(
+            String::from_utf8_lossy(&verified.stdout).contains("SERVING"),
+            "{target}: {verified:?}"
+        );
+    }
+}
+
+/// An https:// service URL without a CA to trust is a configuration error at start,
+/// not a connection that trusts whatever answers.
+#[tokio::test]
+async fn an_https_service_url_needs_the_service_ca() {
+    let scratch = Scratch::new();
+    let started = tokio::process::Command::new(tools::workspace_binary("gateway"))
+        .env_clear()
+        .env("GATEWAY_LISTEN", "127.0.0.1:0")
+        .env("AUTH_SERVICE_URL", "https://127.0.0.1:1")
+        .current_dir(scratch.path())
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), started)
+        .await
+        .expect("the gateway stops at once")
+        .expect("the gateway runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("SERVICE_CA_FILE") && stderr.contains("auth-service"),
+        "{stderr}"
+    );
+}
