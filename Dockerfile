@@ -4,6 +4,19 @@
 # Dependencies are compiled in their own layer (cargo-chef), so a source change
 # rebuilds only the workspace's own crates. Runtime images are Debian slim, run as a
 # non-root user, and carry nothing but the binary and CA certificates.
+#
+# Where no registry can be reached (scripts/containers.sh), neither the Rust image nor
+# Debian's can be pulled: the binaries are built on the host (the same glibc, Debian
+# bookworm) and the base image is made locally with debootstrap:
+#   podman build --build-arg BINARIES=prebuilt --build-arg RUNTIME_BASE=localhost/debian:bookworm \
+#       --target auth-service -f Dockerfile CONTEXT
+# where CONTEXT holds only target/release/<binaries>: the repository's target/ is far
+# too big to be a build context, and .dockerignore keeps it out of the default one.
+
+# The runtime images' base.
+ARG RUNTIME_BASE=debian:bookworm-slim
+# Where the binaries come from: `builder` (compiled here) or `prebuilt` (the context's).
+ARG BINARIES=builder
 
 FROM rust:1.95-slim-bookworm AS chef
 RUN cargo install cargo-chef --locked --version 0.1.78
@@ -19,7 +32,13 @@ RUN cargo chef cook --release --recipe-path recipe.json
 COPY . .
 RUN cargo build --release --locked -p auth-service -p storage-service -p gateway
 
-FROM debian:bookworm-slim AS runtime
+# Host-built release binaries, laid out as the builder's.
+FROM scratch AS prebuilt
+COPY target/release/ /src/target/release/
+
+FROM ${BINARIES} AS binaries
+
+FROM ${RUNTIME_BASE} AS runtime
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
@@ -28,20 +47,30 @@ USER strongbox
 WORKDIR /data
 ENV DATA_DIR=/data
 
+# MinIO's stand-in for scripts/containers.sh, where MinIO's image cannot be pulled: the
+# suites' S3 server (tests/src/bin/strongbox-s3-server.rs). A test tool, so only from
+# prebuilt binaries; the builder never compiles it.
+FROM runtime AS s3-stand-in
+COPY --from=binaries /src/target/release/strongbox-s3-server /usr/local/bin/strongbox-s3-server
+EXPOSE 9000
+HEALTHCHECK --interval=10s --timeout=5s --retries=6 CMD ["strongbox-s3-server", "healthcheck"]
+ENTRYPOINT ["strongbox-s3-server"]
+CMD ["serve"]
+
 FROM runtime AS auth-service
-COPY --from=builder /src/target/release/auth-service /usr/local/bin/auth-service
+COPY --from=binaries /src/target/release/auth-service /usr/local/bin/auth-service
 EXPOSE 50051
 HEALTHCHECK --interval=10s --timeout=5s --retries=6 CMD ["auth-service", "healthcheck"]
 ENTRYPOINT ["auth-service"]
 
 FROM runtime AS storage-service
-COPY --from=builder /src/target/release/storage-service /usr/local/bin/storage-service
+COPY --from=binaries /src/target/release/storage-service /usr/local/bin/storage-service
 EXPOSE 50052
 HEALTHCHECK --interval=10s --timeout=5s --retries=6 CMD ["storage-service", "healthcheck"]
 ENTRYPOINT ["storage-service"]
 
 FROM runtime AS gateway
-COPY --from=builder /src/target/release/gateway /usr/local/bin/gateway
+COPY --from=binaries /src/target/release/gateway /usr/local/bin/gateway
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --retries=6 CMD ["gateway", "healthcheck"]
 ENTRYPOINT ["gateway"]

@@ -1,6 +1,9 @@
 //! A real S3 protocol server for the suites: `s3s-fs` on a loopback port, with SigV4
-//! authentication (including presigned URLs and the host they were signed for).
+//! authentication (including presigned URLs and the host they were signed for). The
+//! same server runs as its own process, `strongbox-s3-server`, where MinIO cannot be
+//! had (the container check's stand-in): both serve through [`serve`].
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -42,31 +45,17 @@ impl TestS3 {
         let service = RunningService::start_on(
             port.unwrap_or(0),
             2,
-            move |listener, mut stopped| async move {
-                let fs = s3s_fs::FileSystem::new(&fs_root).map_err(|err| format!("{err:?}"))?;
-                let mut builder = S3ServiceBuilder::new(fs);
-                builder.set_auth(SimpleAuth::from_single(access_key, secret_key));
-                let s3 = builder.build();
-                let http = ConnectionBuilder::new(TokioExecutor::new());
-                loop {
-                    // Stopping returns at once and the runtime drops every connection:
-                    // to clients this is the server dying, not a graceful drain.
-                    let socket = tokio::select! {
-                        accepted = listener.accept() => match accepted {
-                            // As MinIO (Go) does: no Nagle delay on small replies.
-                            Ok((socket, _)) => {
-                                socket.set_nodelay(true).ok();
-                                socket
-                            }
-                            Err(_) => continue,
-                        },
-                        _ = &mut stopped => return Ok::<(), String>(()),
-                    };
-                    let connection = http
-                        .serve_connection(TokioIo::new(socket), s3.clone())
-                        .into_owned();
-                    tokio::spawn(connection);
-                }
+            // Stopping returns at once and the runtime drops every connection: to
+            // clients this is the server dying, not a graceful drain.
+            move |listener, stopped| async move {
+                serve(
+                    listener,
+                    &fs_root,
+                    access_key,
+                    secret_key,
+                    crate::until_stopped(stopped),
+                )
+                .await
             },
         );
         Self { service, root }
@@ -108,5 +97,41 @@ impl TestS3 {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+}
+
+/// Serves S3 over the buckets under `root` (one directory each) on `listener` until
+/// `shutdown` resolves, accepting only requests signed with `access_key` and
+/// `secret_key`. Returning drops the accept loop only: connections in flight belong to
+/// the runtime.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    root: &Path,
+    access_key: String,
+    secret_key: String,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
+    let fs = s3s_fs::FileSystem::new(root).map_err(|err| format!("{err:?}"))?;
+    let mut builder = S3ServiceBuilder::new(fs);
+    builder.set_auth(SimpleAuth::from_single(access_key, secret_key));
+    let s3 = builder.build();
+    let http = ConnectionBuilder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        let socket = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                // As MinIO (Go) does: no Nagle delay on small replies.
+                Ok((socket, _)) => {
+                    socket.set_nodelay(true).ok();
+                    socket
+                }
+                Err(_) => continue,
+            },
+            () = &mut shutdown => return Ok(()),
+        };
+        let connection = http
+            .serve_connection(TokioIo::new(socket), s3.clone())
+            .into_owned();
+        tokio::spawn(connection);
     }
 }
