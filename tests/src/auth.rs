@@ -75,6 +75,29 @@ impl TestAuth {
     }
 }
 
+/// Registers `email` with `password` over `channel` (a service's or the gateway's) and
+/// logs in; panics naming the call that failed.
+pub async fn new_account(channel: Channel, email: &str, password: &str) -> TokenPair {
+    let mut accounts = AuthServiceClient::new(channel);
+    accounts
+        .register(RegisterRequest {
+            email: email.into(),
+            password: password.into(),
+        })
+        .await
+        .unwrap_or_else(|status| panic!("Register {email}: {status:?}"));
+    accounts
+        .login(LoginRequest {
+            email: email.into(),
+            password: password.into(),
+        })
+        .await
+        .unwrap_or_else(|status| panic!("Login {email}: {status:?}"))
+        .into_inner()
+        .tokens
+        .expect("a token pair")
+}
+
 /// Wraps `message` in a request carrying `authorization: Bearer <token>`.
 pub fn with_bearer<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);

@@ -9,11 +9,11 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use strongbox_proto::auth::v1::auth_service_client::AuthServiceClient;
-use strongbox_proto::auth::v1::{LoginRequest, MeRequest, RegisterRequest};
+use strongbox_proto::auth::v1::{LoginRequest, MeRequest};
 use strongbox_proto::storage::v1::FileMetadata;
 use strongbox_proto::storage::v1::storage_service_client::StorageServiceClient;
 use strongbox_tests::Scratch;
-use strongbox_tests::auth::with_bearer;
+use strongbox_tests::auth::{new_account, with_bearer};
 use strongbox_tests::process::ServiceProcess;
 use strongbox_tests::s3::{ACCESS_KEY, SECRET_KEY, TestS3};
 use strongbox_tests::storage::{BUCKET, User, metadata, pseudo_random};
@@ -152,23 +152,7 @@ async fn counters_move_by_what_an_upload_a_download_and_a_failed_login_did() {
         .connect_lazy();
     let mut accounts = AuthServiceClient::new(channel.clone());
     let (email, password) = ("metrics@example.com", "a metrics password");
-    accounts
-        .register(RegisterRequest {
-            email: email.into(),
-            password: password.into(),
-        })
-        .await
-        .expect("Register");
-    let tokens = accounts
-        .login(LoginRequest {
-            email: email.into(),
-            password: password.into(),
-        })
-        .await
-        .expect("Login")
-        .into_inner()
-        .tokens
-        .expect("tokens");
+    let tokens = new_account(channel.clone(), email, password).await;
     let me = accounts
         .me(with_bearer(MeRequest {}, &tokens.access_token))
         .await

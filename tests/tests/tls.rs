@@ -10,12 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use strongbox_proto::auth::v1::auth_service_client::AuthServiceClient;
-use strongbox_proto::auth::v1::{LoginRequest, RegisterRequest};
 use strongbox_proto::storage::v1::storage_service_client::StorageServiceClient;
-use strongbox_proto::storage::v1::{FileMetadata, GetDownloadUrlRequest};
+use strongbox_proto::storage::v1::{FileInfo, FileMetadata, GetDownloadUrlRequest, PutFileRequest};
 use strongbox_tests::Scratch;
-use strongbox_tests::auth::with_bearer;
+use strongbox_tests::auth::{new_account, with_bearer};
 use strongbox_tests::process::Deployment;
 use strongbox_tests::storage::{metadata, pseudo_random};
 use strongbox_tests::tls::TestCa;
@@ -42,6 +40,31 @@ async fn tls_gateway(scratch: &Scratch, ca: &TestCa) -> (Deployment, PathBuf, Pa
     )
     .await;
     (deployment, cert, key)
+}
+
+/// Stores `content` as `name` in one PutFile call.
+async fn put_file(
+    storage: &mut StorageServiceClient<tonic::transport::Channel>,
+    token: &str,
+    name: &str,
+    content: &[u8],
+) -> FileInfo {
+    storage
+        .put_file(with_bearer(
+            PutFileRequest {
+                metadata: Some(FileMetadata {
+                    size: Some(content.len() as u64),
+                    ..metadata(name, "")
+                }),
+                data: Bytes::copy_from_slice(content),
+            },
+            token,
+        ))
+        .await
+        .unwrap_or_else(|status| panic!("PutFile {name}: {status:?}"))
+        .into_inner()
+        .file
+        .expect("the stored file")
 }
 
 async fn grpcurl(args: &[&str]) -> std::process::Output {
@@ -114,44 +137,12 @@ async fn one_port_serves_grpc_grpc_web_the_page_and_downloads_over_tls() {
 
     // A tonic client over TLS: an account, an upload, a download link.
     let channel = ca.grpc_channel(gateway);
-    let mut accounts = AuthServiceClient::new(channel.clone());
-    let (email, password) = ("tls@example.com", "a password over TLS");
-    accounts
-        .register(RegisterRequest {
-            email: email.into(),
-            password: password.into(),
-        })
+    let token = new_account(channel.clone(), "tls@example.com", "a password over TLS")
         .await
-        .expect("Register over TLS");
-    let token = accounts
-        .login(LoginRequest {
-            email: email.into(),
-            password: password.into(),
-        })
-        .await
-        .expect("Login over TLS")
-        .into_inner()
-        .tokens
-        .expect("tokens")
         .access_token;
     let content = pseudo_random(300_000, 9);
     let mut storage = StorageServiceClient::new(channel);
-    let stored = storage
-        .put_file(with_bearer(
-            strongbox_proto::storage::v1::PutFileRequest {
-                metadata: Some(FileMetadata {
-                    size: Some(content.len() as u64),
-                    ..metadata("over-tls.bin", "")
-                }),
-                data: Bytes::from(content.clone()),
-            },
-            &token,
-        ))
-        .await
-        .expect("PutFile over TLS")
-        .into_inner()
-        .file
-        .expect("the stored file");
+    let stored = put_file(&mut storage, &token, "over-tls.bin", &content).await;
     let link = storage
         .get_download_url(with_bearer(
             GetDownloadUrlRequest {
@@ -338,44 +329,22 @@ async fn the_services_can_be_called_over_tls_trusting_only_the_service_ca() {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", deployment.gateway))
         .expect("a URL")
         .connect_lazy();
-    let mut accounts = AuthServiceClient::new(channel.clone());
-    let (email, password) = ("hops@example.com", "a password over every hop");
-    accounts
-        .register(RegisterRequest {
-            email: email.into(),
-            password: password.into(),
-        })
-        .await
-        .expect("Register, gateway → auth-service over TLS");
-    let token = accounts
-        .login(LoginRequest {
-            email: email.into(),
-            password: password.into(),
-        })
-        .await
-        .expect("Login")
-        .into_inner()
-        .tokens
-        .expect("tokens")
-        .access_token;
+    let token = new_account(
+        channel.clone(),
+        "hops@example.com",
+        "a password over every hop",
+    )
+    .await
+    .access_token;
     let content = pseudo_random(200_000, 3);
     // storage-service verifies the token with auth-service's keys, fetched over TLS.
-    let stored = StorageServiceClient::new(channel.clone())
-        .put_file(with_bearer(
-            strongbox_proto::storage::v1::PutFileRequest {
-                metadata: Some(FileMetadata {
-                    size: Some(content.len() as u64),
-                    ..metadata("hops.bin", "")
-                }),
-                data: Bytes::from(content.clone()),
-            },
-            &token,
-        ))
-        .await
-        .expect("PutFile, gateway → storage-service over TLS")
-        .into_inner()
-        .file
-        .expect("the stored file");
+    let stored = put_file(
+        &mut StorageServiceClient::new(channel.clone()),
+        &token,
+        "hops.bin",
+        &content,
+    )
+    .await;
     let mut download = StorageServiceClient::new(channel)
         .download(with_bearer(
             strongbox_proto::storage::v1::DownloadRequest {
