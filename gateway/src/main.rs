@@ -1,22 +1,18 @@
 use std::process::ExitCode;
 
 use gateway::Config;
-use strongbox_common::{config, server, tls};
+use strongbox_common::{config, server};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let config: Config = config::load();
-    if config.command == Some(config::Command::Healthcheck)
-        && let Some(cert) = &config.tls_cert
-    {
-        return server::report_health(tls::check_serving_pinned(config.listen, cert).await);
-    }
     let (listen, command) = (config.listen, config.command);
     let telemetry = config.telemetry.clone();
+    let tls_cert = config.tls_cert.clone();
     server::run_binary(
         "gateway",
         listen,
-        None,
+        tls_cert.as_deref(),
         command,
         &telemetry,
         None,
