@@ -133,7 +133,7 @@ enum KeyRing {
 }
 
 struct KeySource {
-    client: AuthServiceClient<Channel>,
+    channels: Box<dyn KeyChannel>,
     last_fetch: Mutex<Option<LastFetch>>,
 }
 
@@ -151,6 +151,19 @@ impl LastFetch {
             Some(_) => RETRY_AFTER_FAILURE,
         };
         self.at.elapsed() < interval
+    }
+}
+
+/// Where a verifier fetches auth-service's keys: one channel, or (in the gateway, with
+/// several auth-service replicas) one chosen afresh for each fetch.
+pub trait KeyChannel: Send + Sync + 'static {
+    /// The channel for the next fetch, or why there is none (no replica answering).
+    fn channel(&self) -> Result<Channel, Status>;
+}
+
+impl KeyChannel for Channel {
+    fn channel(&self) -> Result<Channel, Status> {
+        Ok(self.clone())
     }
 }
 
@@ -178,13 +191,13 @@ impl Verifier {
         })
     }
 
-    /// Verifies EdDSA tokens with the keys auth-service publishes over `channel`.
+    /// Verifies EdDSA tokens with the keys auth-service publishes over `channels`.
     /// Keys are fetched on first use and again whenever a token names an unknown kid.
-    pub fn from_auth_service(channel: Channel) -> Self {
+    pub fn from_auth_service(channels: impl KeyChannel) -> Self {
         Self::from_ring(KeyRing::Published {
             keys: RwLock::new(HashMap::new()),
             source: Some(KeySource {
-                client: AuthServiceClient::new(channel),
+                channels: Box::new(channels),
                 last_fetch: Mutex::new(None),
             }),
         })
@@ -291,7 +304,7 @@ impl KeySource {
     async fn fetch(&self) -> Result<HashMap<String, DecodingKey>, Status> {
         let mut request = tonic::Request::new(GetPublicKeysRequest {});
         request.set_timeout(FETCH_TIMEOUT);
-        let mut client = self.client.clone();
+        let mut client = AuthServiceClient::new(self.channels.channel()?);
         let response = tokio::time::timeout(FETCH_TIMEOUT, client.get_public_keys(request))
             .await
             .map_err(|_| {

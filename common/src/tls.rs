@@ -120,19 +120,57 @@ impl ServiceCa {
 /// A tonic endpoint for a service URL: h2c for `http://`, TLS trusting `ca` for
 /// `https://` (refused without a CA: no URL silently trusts the system's roots).
 pub fn service_endpoint(url: &str, ca: Option<&ServiceCa>) -> Result<Endpoint, TlsError> {
+    service_endpoint_at(url, None, ca)
+}
+
+/// Like [`service_endpoint`], connecting to `replica` (one of the addresses `url`'s name
+/// resolves to) while naming and verifying the server as `url` does.
+pub fn replica_endpoint(
+    url: &str,
+    replica: std::net::SocketAddr,
+    ca: Option<&ServiceCa>,
+) -> Result<Endpoint, TlsError> {
+    service_endpoint_at(url, Some(replica), ca)
+}
+
+fn service_endpoint_at(
+    url: &str,
+    replica: Option<std::net::SocketAddr>,
+    ca: Option<&ServiceCa>,
+) -> Result<Endpoint, TlsError> {
     let invalid = |reason: String| TlsError::Url {
         url: url.to_owned(),
         reason,
     };
-    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|err| invalid(err.to_string()))?;
-    match endpoint.uri().scheme_str() {
-        Some("http") => Ok(endpoint),
-        Some("https") => {
+    let named = Endpoint::from_shared(url.to_owned()).map_err(|err| invalid(err.to_string()))?;
+    let scheme = named.uri().scheme_str().unwrap_or_default().to_owned();
+    let host = named
+        .uri()
+        .host()
+        .map(|host| {
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned()
+        })
+        .ok_or_else(|| invalid("no host".to_owned()))?;
+    let endpoint = match replica {
+        None => named,
+        Some(replica) => Endpoint::from_shared(format!("{scheme}://{replica}"))
+            .map_err(|err| invalid(err.to_string()))?
+            .origin(named.uri().clone()),
+    };
+    match scheme.as_str() {
+        "http" => Ok(endpoint),
+        "https" => {
             let ca = ca.ok_or_else(|| TlsError::NoCa {
                 url: url.to_owned(),
             })?;
             endpoint
-                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca.pem)))
+                .tls_config(
+                    ClientTlsConfig::new()
+                        .ca_certificate(Certificate::from_pem(&ca.pem))
+                        .domain_name(host),
+                )
                 .map_err(|err| invalid(err.to_string()))
         }
         _ => Err(invalid("use http:// or https://".to_owned())),

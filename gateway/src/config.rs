@@ -44,7 +44,8 @@ pub struct Config {
     #[arg(long, env = "SERVICE_CA_FILE")]
     pub service_ca_file: Option<PathBuf>,
 
-    /// auth-service's gRPC address.
+    /// auth-service's gRPC address: one URL, or several comma-separated (one per
+    /// replica); a name that resolves to several addresses names a replica at each.
     #[arg(
         long,
         env = "AUTH_SERVICE_URL",
@@ -52,7 +53,8 @@ pub struct Config {
     )]
     pub auth_service_url: String,
 
-    /// storage-service's gRPC address.
+    /// storage-service's gRPC address: one URL, or several comma-separated, like
+    /// AUTH_SERVICE_URL.
     #[arg(
         long,
         env = "STORAGE_SERVICE_URL",
@@ -79,11 +81,17 @@ pub struct Config {
     #[arg(long, env = "UPSTREAM_CONNECT_TIMEOUT_SECONDS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     pub upstream_connect_timeout_seconds: u64,
 
-    /// How often upstream health is checked for the gateway's own health service, in seconds.
+    /// How often every upstream replica's health is checked, in seconds: a replica that
+    /// does not answer is taken out until it answers again.
     #[arg(long, env = "UPSTREAM_HEALTH_INTERVAL_SECONDS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
     pub upstream_health_interval_seconds: u64,
 
-    /// HTTP/2 connections the gateway keeps to each service for client calls (each
+    /// How often service names are resolved again, in seconds (replicas appear and go
+    /// as the name's addresses do).
+    #[arg(long, env = "UPSTREAM_RESOLVE_INTERVAL_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub upstream_resolve_interval_seconds: u64,
+
+    /// HTTP/2 connections the gateway keeps to each service replica for client calls (each
     /// carries up to 128 at once; health checks and key fetches have their own).
     #[arg(long, env = "UPSTREAM_CONNECTIONS", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub upstream_connections: u64,
@@ -157,6 +165,10 @@ impl Config {
 
     pub fn upstream_health_interval(&self) -> Duration {
         Duration::from_secs(self.upstream_health_interval_seconds)
+    }
+
+    pub fn upstream_resolve_interval(&self) -> Duration {
+        Duration::from_secs(self.upstream_resolve_interval_seconds)
     }
 
     pub fn trusted_proxies(&self) -> TrustedProxies {

@@ -36,6 +36,7 @@ use tonic::{Code, Status, Streaming};
 
 use crate::limits::Held;
 use crate::proxy::Gateway;
+use crate::upstream::Upstream;
 
 /// Stored content never runs as a page of this origin, even when opened directly: no
 /// resources of its own, and a unique origin with no scripts.
@@ -71,7 +72,7 @@ pub async fn download(
         );
     };
     let link = Link {
-        client: StorageServiceClient::new(gateway.storage.downloads.clone()),
+        storage: gateway.storage.clone(),
         key,
         expires,
         signature,
@@ -105,9 +106,9 @@ pub async fn download(
     file_response(&info, expires, &answer, body)
 }
 
-/// A signed link, and the client that asks storage-service for what it points at.
+/// A signed link, and the service asked for what it points at.
 struct Link {
-    client: StorageServiceClient<Channel>,
+    storage: Upstream,
     key: String,
     expires: u64,
     signature: String,
@@ -134,8 +135,30 @@ impl Link {
     }
 
     /// Opens a Download of `window` and reads its first message, the file's description.
+    /// A download only reads, so a replica that was unavailable is left for another.
     async fn open(
         &self,
+        window: Window,
+    ) -> Result<(FileInfo, Streaming<DownloadResponse>), Status> {
+        let mut tried = Vec::new();
+        loop {
+            let (replica, channel) = self.storage.downloads(&tried)?;
+            match self.open_on(channel, window).await {
+                Err(status) if status.code() == Code::Unavailable => {
+                    tracing::warn!(%replica, %status, "download unavailable on this replica");
+                    tried.push(replica);
+                    if self.storage.downloads(&tried).is_err() {
+                        return Err(status);
+                    }
+                }
+                opened => return opened,
+            }
+        }
+    }
+
+    async fn open_on(
+        &self,
+        channel: Channel,
         window: Window,
     ) -> Result<(FileInfo, Streaming<DownloadResponse>), Status> {
         let request = DownloadRequest {
@@ -145,7 +168,10 @@ impl Link {
             offset: window.offset,
             length: window.length,
         };
-        let mut stream = self.client.clone().download(request).await?.into_inner();
+        let mut stream = StorageServiceClient::new(channel)
+            .download(request)
+            .await?
+            .into_inner();
         match stream.message().await? {
             Some(DownloadResponse {
                 payload: Some(download_response::Payload::Info(info)),

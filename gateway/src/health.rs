@@ -1,31 +1,38 @@
-//! The gateway's own `grpc.health.v1`: SERVING only while the upstreams answer their
-//! health checks, so an orchestrator sees the whole path, not just this process.
+//! The gateway's own `grpc.health.v1`: SERVING only while some replica of each upstream
+//! answers its health check, so an orchestrator sees the whole path, not just this
+//! process. The same loop keeps each upstream's replicas current: names resolved
+//! again, replicas checked, taken out and brought back.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tonic_health::ServingStatus;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_client::HealthClient;
 use tonic_health::server::HealthReporter;
 
 use crate::upstream::Upstream;
 
 const AUTH_SERVICE: &str = "auth.v1.AuthService";
 const STORAGE_SERVICE: &str = "storage.v1.StorageService";
-const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Checks both upstreams every `interval` and reports them; runs until aborted.
+/// Checks every replica of both upstreams every `interval` (resolving their names again
+/// every `resolve_interval`) and reports them; runs until aborted.
 pub async fn watch_upstreams(
     health: HealthReporter,
     auth: Upstream,
     storage: Upstream,
     interval: Duration,
+    resolve_interval: Duration,
 ) {
     let mut ticks = tokio::time::interval(interval);
+    let mut resolved = Instant::now();
     let mut last = None;
     loop {
         ticks.tick().await;
-        let (auth_up, storage_up) = tokio::join!(is_serving(&auth), is_serving(&storage));
+        if resolved.elapsed() >= resolve_interval {
+            tokio::join!(auth.discover(), storage.discover());
+            resolved = Instant::now();
+        }
+        let (auth_up, storage_up) = tokio::join!(auth.check(), storage.check());
+        let (auth_up, storage_up) = (auth_up > 0, storage_up > 0);
         for (upstream, up) in [(auth.name, auth_up), (storage.name, storage_up)] {
             metrics::gauge!("strongbox_upstream_up", "upstream" => upstream)
                 .set(f64::from(u8::from(up)));
@@ -44,17 +51,6 @@ pub async fn watch_upstreams(
             last = Some((auth_up, storage_up));
         }
     }
-}
-
-async fn is_serving(upstream: &Upstream) -> bool {
-    let mut client = HealthClient::new(upstream.control.clone());
-    let check = client.check(HealthCheckRequest {
-        service: String::new(),
-    });
-    matches!(
-        tokio::time::timeout(CHECK_TIMEOUT, check).await,
-        Ok(Ok(response)) if response.get_ref().status() == tonic_health::pb::health_check_response::ServingStatus::Serving
-    )
 }
 
 fn status(up: bool) -> ServingStatus {

@@ -63,23 +63,24 @@ pub async fn run(
 ) -> Result<(), GatewayError> {
     let connections = usize::try_from(config.upstream_connections).unwrap_or(1);
     let ca = ServiceCa::load(config.service_ca_file.as_deref())?;
-    let auth = Upstream::new(
-        "auth-service",
-        &config.auth_service_url,
-        ca.as_ref(),
-        config.upstream_connect_timeout(),
-        connections,
-    )?;
-    let storage = Upstream::new(
-        "storage-service",
-        &config.storage_service_url,
-        ca.as_ref(),
-        config.upstream_connect_timeout(),
-        connections,
-    )?;
+    let upstream = |name, urls: &str| {
+        Upstream::new(
+            name,
+            urls,
+            ca.as_ref(),
+            config.upstream_connect_timeout(),
+            connections,
+            config.upstream_health_interval(),
+        )
+    };
+    let auth = upstream("auth-service", &config.auth_service_url)?;
+    let storage = upstream("storage-service", &config.storage_service_url)?;
+    // Names resolved before the first call, so a deployment by name starts with its
+    // replicas known; one that does not resolve yet is tried again by the watcher.
+    tokio::join!(auth.discover(), storage.discover());
     let verifier = match &config.jwt_secret {
         Some(secret) => Verifier::shared_secret(secret.as_bytes()),
-        None => Verifier::from_auth_service(auth.control.clone()),
+        None => Verifier::from_auth_service(auth.clone()),
     };
     let (grpc_routes, health) = server::base_routes();
     health
@@ -90,6 +91,7 @@ pub async fn run(
         auth.clone(),
         storage.clone(),
         config.upstream_health_interval(),
+        config.upstream_resolve_interval(),
     ));
     let gateway = Arc::new(Gateway {
         auth,

@@ -12,6 +12,7 @@ use tonic::transport::{Channel, Endpoint};
 
 pub mod auth;
 pub mod gateway;
+pub mod metrics;
 pub mod process;
 pub mod s3;
 pub mod storage;

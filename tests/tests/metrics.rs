@@ -14,74 +14,12 @@ use strongbox_proto::storage::v1::FileMetadata;
 use strongbox_proto::storage::v1::storage_service_client::StorageServiceClient;
 use strongbox_tests::Scratch;
 use strongbox_tests::auth::{new_account, with_bearer};
+use strongbox_tests::metrics::{Change, Scrape};
 use strongbox_tests::process::ServiceProcess;
 use strongbox_tests::s3::{ACCESS_KEY, SECRET_KEY, TestS3};
 use strongbox_tests::storage::{BUCKET, User, metadata, pseudo_random};
 use strongbox_tests::tools::workspace_binary;
 use tonic::Code;
-
-/// One scrape: every sample, by name and labels.
-struct Scrape(Vec<(String, BTreeMap<String, String>, f64)>);
-
-impl Scrape {
-    async fn of(addr: SocketAddr) -> Self {
-        let response = reqwest::get(format!("http://{addr}/metrics"))
-            .await
-            .expect("the metrics endpoint answers");
-        assert!(response.status().is_success(), "{}", response.status());
-        let content_type = response.headers()[reqwest::header::CONTENT_TYPE].clone();
-        assert!(
-            content_type.to_str().unwrap().starts_with("text/plain"),
-            "{content_type:?}"
-        );
-        let text = response.text().await.expect("a text body");
-        Self(text.lines().filter_map(sample).collect())
-    }
-
-    /// The sum of `name`'s samples that carry all of `labels`; 0 if there are none.
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.0
-            .iter()
-            .filter(|(sample, sample_labels, _)| {
-                sample == name
-                    && labels.iter().all(|(key, value)| {
-                        sample_labels.get(*key).map(String::as_str) == Some(value)
-                    })
-            })
-            .map(|(_, _, value)| value)
-            .sum()
-    }
-}
-
-/// How far each sample moved between two scrapes of one process.
-struct Change<'a>(&'a Scrape, &'a Scrape);
-
-impl Change<'_> {
-    fn of(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.1.value(name, labels) - self.0.value(name, labels)
-    }
-}
-
-/// `name{key="value",…} number`, as the text exposition format writes a sample.
-fn sample(line: &str) -> Option<(String, BTreeMap<String, String>, f64)> {
-    if line.starts_with('#') || line.trim().is_empty() {
-        return None;
-    }
-    let (series, value) = line.rsplit_once(' ')?;
-    let (name, labels) = match series.split_once('{') {
-        Some((name, rest)) => (name, rest.trim_end_matches('}')),
-        None => (series, ""),
-    };
-    let labels = labels
-        .split("\",")
-        .filter(|pair| !pair.is_empty())
-        .filter_map(|pair| {
-            let (key, value) = pair.split_once("=\"")?;
-            Some((key.to_owned(), value.trim_end_matches('"').to_owned()))
-        })
-        .collect();
-    Some((name.to_owned(), labels, value.parse().ok()?))
-}
 
 fn free_addr() -> SocketAddr {
     strongbox_tests::reserve_port(0)
