@@ -209,6 +209,24 @@ impl Deployment {
     }
 }
 
+/// Asserts the calls of `method` the two replicas answered are `total` together, with a
+/// share on each.
+async fn spread(replicas: &[Replica; 2], method: &str, total: usize) {
+    let answered = [
+        replicas[0].calls(method).await,
+        replicas[1].calls(method).await,
+    ];
+    assert_eq!(
+        answered[0] + answered[1],
+        total as f64,
+        "{method}: {answered:?}"
+    );
+    assert!(
+        answered[0] > 0.0 && answered[1] > 0.0,
+        "{method}: both replicas take a share: {answered:?}"
+    );
+}
+
 fn free_addr() -> SocketAddr {
     strongbox_tests::reserve_port(0)
         .local_addr()
@@ -239,22 +257,14 @@ async fn calls_spread_over_every_replica_and_one_killed_is_taken_out_then_used_a
             .expect("Me");
     }
     // Each call went to one replica or the other, and both took a share.
-    let stored = [
-        deployment.storage[0]
-            .calls("/storage.v1.StorageService/PutFile")
-            .await,
-        deployment.storage[1]
-            .calls("/storage.v1.StorageService/PutFile")
-            .await,
-    ];
-    assert_eq!(stored[0] + stored[1], 24.0, "{stored:?}");
-    assert!(stored[0] > 0.0 && stored[1] > 0.0, "{stored:?}");
-    let answered = [
-        deployment.auth[0].calls("/auth.v1.AuthService/Me").await,
-        deployment.auth[1].calls("/auth.v1.AuthService/Me").await,
-    ];
-    assert_eq!(answered[0] + answered[1], 25.0, "{answered:?}");
-    assert!(answered[0] > 0.0 && answered[1] > 0.0, "{answered:?}");
+    spread(
+        &deployment.storage,
+        "/storage.v1.StorageService/PutFile",
+        24,
+    )
+    .await;
+    // Me: the account's own, and the 24.
+    spread(&deployment.auth, "/auth.v1.AuthService/Me", 25).await;
 
     // Killed outright: every call still succeeds (one that picked the dead replica
     // before the gateway knew is sent to the other), and it is taken out.
