@@ -7,6 +7,7 @@
 #   jq              Debian's package; the README's grpcurl examples use it
 #   openssl, certutil  Debian's openssl and libnss3-tools: the e2e's test CA, and Chromium's
 #                   trust store for it
+#   postgresql      Debian's package: scripts/postgres.sh runs a throwaway server from it
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools="$PWD/.tools"
@@ -39,6 +40,7 @@ command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 command -v jq >/dev/null 2>&1 || missing+=(jq)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v certutil >/dev/null 2>&1 || missing+=(libnss3-tools)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]} (Debian packages)"
     if [ "$(id -u)" -ne 0 ]; then

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command that runs every check: installs the test tools, then formatting,
 # lints (buf, clippy, tsc), checks the committed web bundle is current, runs every Rust
-# suite over real sockets, and the browser end-to-end tests in Chromium.
+# suite over real sockets (on SQLite and on a PostgreSQL server started for the run),
+# and the browser end-to-end tests in Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # A test run must leave the working tree as it found it.
@@ -24,6 +25,10 @@ if ! git diff --quiet -- web/dist web/src/gen; then
     git diff --stat -- web/dist web/src/gen >&2
     exit 1
 fi
+echo "== PostgreSQL: a fresh cluster for this run, for the suites that run on both databases"
+STRONGBOX_TEST_POSTGRES_URL=$(./scripts/postgres.sh fresh target/test-postgres)
+export STRONGBOX_TEST_POSTGRES_URL
+trap './scripts/postgres.sh stop target/test-postgres' EXIT
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== tests"

@@ -42,7 +42,8 @@ pub struct Config {
     #[command(flatten)]
     pub data: DataDirArgs,
 
-    /// SQLite database URL [default: sqlite://<DATA_DIR>/auth.db].
+    /// The accounts database: sqlite://FILE, or postgres://USER:PASSWORD@HOST/DB to share
+    /// one among replicas [default: sqlite://<DATA_DIR>/auth.db].
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
 

@@ -56,7 +56,7 @@ impl From<AuthError> for Status {
                 with_retry_after(Status::unavailable(err.to_string()), retry_after)
             }
             AuthError::Token(token) => token.into(),
-            AuthError::Database(source) => strongbox_common::sqlite::status(&source),
+            AuthError::Database(source) => strongbox_common::database::status(&source),
             AuthError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 Status::internal("internal error; try again later")

@@ -1,13 +1,15 @@
-//! The auth database: users, refresh tokens and failed logins, in SQLite through sqlx.
+//! The auth database: users, refresh tokens and failed logins, in SQLite or PostgreSQL
+//! through sqlx (one query text, run on either native pool by `on_pool!`).
 //!
-//! Every write transaction starts with `BEGIN IMMEDIATE`, so it takes the write lock up
-//! front and waits (busy timeout) instead of failing with "database is locked" when it
-//! would later try to upgrade a read lock. The same lock makes the two check-then-act
-//! rules here atomic: claiming a login attempt (count failures, then record one) and
-//! rotating a refresh token (find it live, then spend it).
+//! The two check-then-act rules here run in write transactions
+//! ([`Backend::begin_write`]): claiming a login attempt (count failures, then record
+//! one) under the email's lock, and rotating a refresh token (find it live, then spend
+//! it) under the refresh tokens' lock. On SQLite that is `BEGIN IMMEDIATE`, on
+//! PostgreSQL an advisory lock, so the rules hold across replicas sharing the database.
 
-use sqlx::{FromRow, SqlitePool};
-use strongbox_common::sqlite;
+use sqlx::FromRow;
+use strongbox_common::database::{Backend, Migrations, Pool};
+use strongbox_common::on_pool;
 use uuid::Uuid;
 
 use crate::credentials::{ClientAddress, Email};
@@ -110,21 +112,36 @@ pub struct NewRefreshToken<'a> {
     pub expires_at: i64,
 }
 
+/// A refresh token row, inserted at login and at every rotation.
+const INSERT_REFRESH_TOKEN: &str =
+    "INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, expires_at, created_at)
+     VALUES ($1, $2, $3, $4, $5, $6)";
+
+/// Revokes every live token of a family (`$1` now, `$2` the family).
+const REVOKE_FAMILY: &str =
+    "UPDATE refresh_tokens SET revoked_at = $1 WHERE family_id = $2 AND revoked_at IS NULL";
+
+/// The write lock every refresh token rotation and logout takes: a replay revoking a
+/// family must not miss a successor that a concurrent rotation is adding to it.
+const REFRESH_TOKENS_LOCK: &str = "refresh_tokens";
+
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: Pool,
 }
 
+static MIGRATIONS: Migrations = Migrations {
+    sqlite: sqlx::migrate!("./migrations/sqlite"),
+    postgres: sqlx::migrate!("./migrations/postgres"),
+};
+
 impl Store {
-    /// Opens (creating if missing) the database at `url` and runs the embedded migrations.
+    /// Opens the database at `url` (SQLite, creating it if missing, or PostgreSQL) and
+    /// runs the embedded migrations.
     pub async fn connect(url: &str) -> Result<Self, AuthError> {
-        let pool = sqlite::open(url)
+        let pool = Pool::open(url, &MIGRATIONS)
             .await
             .map_err(|err| AuthError::Internal(err.to_string()))?;
-        sqlx::migrate!("./migrations")
-            .run(&pool)
-            .await
-            .map_err(|err| AuthError::Internal(format!("database migration failed: {err}")))?;
         Ok(Self { pool })
     }
 
@@ -144,44 +161,49 @@ impl Store {
             password_hash: password_hash.to_owned(),
             created_at: now,
         };
-        sqlx::query("INSERT INTO users (id, email, password_hash, created_at) VALUES (?, ?, ?, ?)")
+        let inserted = on_pool!(&self.pool, pool => {
+            sqlx::query(
+                "INSERT INTO users (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4)",
+            )
             .bind(&user.id)
             .bind(&user.email)
             .bind(&user.password_hash)
             .bind(user.created_at)
-            .execute(&self.pool)
+            .execute(pool)
             .await
-            .map_err(|err| match err.as_database_error() {
-                Some(db) if db.is_unique_violation() => AuthError::EmailTaken,
-                _ => AuthError::Database(err),
-            })?;
+            .map(drop)
+        });
+        inserted.map_err(|err| match err.as_database_error() {
+            Some(db) if db.is_unique_violation() => AuthError::EmailTaken,
+            _ => AuthError::Database(err),
+        })?;
         Ok(user)
     }
 
     pub async fn user_by_email(&self, email: &Email) -> Result<Option<UserRecord>, AuthError> {
-        Ok(
+        Ok(on_pool!(&self.pool, pool => {
             sqlx::query_as(
-                "SELECT id, email, password_hash, created_at FROM users WHERE email = ?",
+                "SELECT id, email, password_hash, created_at FROM users WHERE email = $1",
             )
             .bind(email.as_str())
-            .fetch_optional(&self.pool)
-            .await?,
-        )
+            .fetch_optional(pool)
+            .await?
+        }))
     }
 
     pub async fn user_by_id(&self, id: Uuid) -> Result<Option<UserRecord>, AuthError> {
-        Ok(
-            sqlx::query_as("SELECT id, email, password_hash, created_at FROM users WHERE id = ?")
+        Ok(on_pool!(&self.pool, pool => {
+            sqlx::query_as("SELECT id, email, password_hash, created_at FROM users WHERE id = $1")
                 .bind(id.to_string())
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+                .fetch_optional(pool)
+                .await?
+        }))
     }
 
     /// Claims a login attempt for `email` from `client` before its password is checked:
     /// in one transaction, counts the recent failures and, when under `limits`, records
     /// the attempt as a failure. Of N concurrent attempts, at most the limit are claimed,
-    /// so at most that many passwords are ever checked per window.
+    /// so at most that many passwords are ever checked per window, on any replica.
     pub async fn claim_login_attempt(
         &self,
         email: &Email,
@@ -189,51 +211,62 @@ impl Store {
         limits: FailureLimits,
         now: i64,
     ) -> Result<Claim, AuthError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let from_client: Counted = sqlx::query_as(
-            "SELECT COUNT(*) AS attempts, COALESCE(SUM(pending), 0) AS pending,
-                    MIN(CASE WHEN pending = 0 THEN failed_at END) AS oldest_settled
-             FROM login_failures WHERE email = ? AND client_address = ? AND failed_at > ?",
-        )
-        .bind(email.as_str())
-        .bind(client.as_str())
-        .bind(limits.since)
-        .fetch_one(&mut *tx)
-        .await?;
-        if let Some(refusal) = from_client.refusal(limits.per_client, now) {
-            return Ok(refusal);
-        }
-        let for_email: Counted = sqlx::query_as(
-            "SELECT COUNT(*) AS attempts, COALESCE(SUM(pending), 0) AS pending,
-                    MIN(CASE WHEN pending = 0 THEN failed_at END) AS oldest_settled
-             FROM login_failures WHERE email = ? AND failed_at > ?",
-        )
-        .bind(email.as_str())
-        .bind(limits.since)
-        .fetch_one(&mut *tx)
-        .await?;
-        if let Some(refusal) = for_email.refusal(limits.per_email, now) {
-            return Ok(refusal);
-        }
-        let attempt = sqlx::query(
-            "INSERT INTO login_failures (email, client_address, failed_at, pending) VALUES (?, ?, ?, 1)",
-        )
-        .bind(email.as_str())
-        .bind(client.as_str())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .last_insert_rowid();
-        tx.commit().await?;
-        Ok(Claim::Claimed { attempt })
+        on_pool!(&self.pool, pool => {
+            // Both limits count rows of this email only: its lock is the whole rule's.
+            let mut tx = pool.begin_write(email.as_str()).await?;
+            let from_client: Counted = sqlx::query_as(
+                "SELECT COUNT(*) AS attempts, COALESCE(SUM(pending), 0) AS pending,
+                        MIN(CASE WHEN pending = 0 THEN failed_at END) AS oldest_settled
+                 FROM login_failures
+                 WHERE email = $1 AND client_address = $2 AND failed_at > $3",
+            )
+            .bind(email.as_str())
+            .bind(client.as_str())
+            .bind(limits.since)
+            .fetch_one(&mut *tx)
+            .await?;
+            if let Some(refusal) = from_client.refusal(limits.per_client, now) {
+                return Ok(refusal);
+            }
+            let for_email: Counted = sqlx::query_as(
+                "SELECT COUNT(*) AS attempts, COALESCE(SUM(pending), 0) AS pending,
+                        MIN(CASE WHEN pending = 0 THEN failed_at END) AS oldest_settled
+                 FROM login_failures WHERE email = $1 AND failed_at > $2",
+            )
+            .bind(email.as_str())
+            .bind(limits.since)
+            .fetch_one(&mut *tx)
+            .await?;
+            if let Some(refusal) = for_email.refusal(limits.per_email, now) {
+                return Ok(refusal);
+            }
+            let (attempt,): (i64,) = sqlx::query_as(pool.pick(
+                "INSERT INTO login_failures (email, client_address, failed_at, pending)
+                 VALUES ($1, $2, $3, 1) RETURNING rowid",
+                "INSERT INTO login_failures (email, client_address, failed_at, pending)
+                 VALUES ($1, $2, $3, 1) RETURNING id",
+            ))
+            .bind(email.as_str())
+            .bind(client.as_str())
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(Claim::Claimed { attempt })
+        })
     }
 
     /// A claimed attempt's password was wrong: it stays counted, as a failure.
     pub async fn settle_failure(&self, attempt: i64) -> Result<(), AuthError> {
-        sqlx::query("UPDATE login_failures SET pending = 0 WHERE rowid = ?")
+        on_pool!(&self.pool, pool => {
+            sqlx::query(pool.pick(
+                "UPDATE login_failures SET pending = 0 WHERE rowid = $1",
+                "UPDATE login_failures SET pending = 0 WHERE id = $1",
+            ))
             .bind(attempt)
-            .execute(&self.pool)
+            .execute(pool)
             .await?;
+        });
         Ok(())
     }
 
@@ -244,11 +277,13 @@ impl Store {
         email: &Email,
         client: &ClientAddress,
     ) -> Result<(), AuthError> {
-        sqlx::query("DELETE FROM login_failures WHERE email = ? AND client_address = ?")
-            .bind(email.as_str())
-            .bind(client.as_str())
-            .execute(&self.pool)
-            .await?;
+        on_pool!(&self.pool, pool => {
+            sqlx::query("DELETE FROM login_failures WHERE email = $1 AND client_address = $2")
+                .bind(email.as_str())
+                .bind(client.as_str())
+                .execute(pool)
+                .await?;
+        });
         Ok(())
     }
 
@@ -259,18 +294,17 @@ impl Store {
         token: NewRefreshToken<'_>,
         now: i64,
     ) -> Result<(), AuthError> {
-        sqlx::query(
-            "INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, expires_at, created_at)
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(Uuid::new_v4().to_string())
-        .bind(user_id.to_string())
-        .bind(Uuid::new_v4().to_string())
-        .bind(token.hash)
-        .bind(token.expires_at)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
+        on_pool!(&self.pool, pool => {
+            sqlx::query(INSERT_REFRESH_TOKEN)
+                .bind(Uuid::new_v4().to_string())
+                .bind(user_id.to_string())
+                .bind(Uuid::new_v4().to_string())
+                .bind(token.hash)
+                .bind(token.expires_at)
+                .bind(now)
+                .execute(pool)
+                .await?;
+        });
         Ok(())
     }
 
@@ -285,110 +319,124 @@ impl Store {
         now: i64,
         reuse_interval: i64,
     ) -> Result<Rotation, AuthError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let spent: Option<(String, String, String)> = sqlx::query_as(
-            "UPDATE refresh_tokens SET revoked_at = ?
-             WHERE token_hash = ? AND revoked_at IS NULL AND expires_at > ?
-             RETURNING id, user_id, family_id",
-        )
-        .bind(now)
-        .bind(presented)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some((spent_id, user_id, family_id)) = spent {
-            let successor_id = Uuid::new_v4().to_string();
-            sqlx::query(
-                "INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, expires_at, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?)",
+        on_pool!(&self.pool, pool => {
+            let mut tx = pool.begin_write(REFRESH_TOKENS_LOCK).await?;
+            let spent: Option<(String, String, String)> = sqlx::query_as(
+                "UPDATE refresh_tokens SET revoked_at = $1
+                 WHERE token_hash = $2 AND revoked_at IS NULL AND expires_at > $1
+                 RETURNING id, user_id, family_id",
             )
-            .bind(&successor_id)
-            .bind(&user_id)
-            .bind(&family_id)
-            .bind(successor.hash)
-            .bind(successor.expires_at)
             .bind(now)
-            .execute(&mut *tx)
+            .bind(presented)
+            .fetch_optional(&mut *tx)
             .await?;
-            sqlx::query("UPDATE refresh_tokens SET replaced_by = ? WHERE id = ?")
-                .bind(&successor_id)
-                .bind(&spent_id)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            return Ok(Rotation::Rotated { user_id });
-        }
+            if let Some((spent_id, user_id, family_id)) = spent {
+                let successor_id = Uuid::new_v4().to_string();
+                sqlx::query(INSERT_REFRESH_TOKEN)
+                    .bind(&successor_id)
+                    .bind(&user_id)
+                    .bind(&family_id)
+                    .bind(successor.hash)
+                    .bind(successor.expires_at)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("UPDATE refresh_tokens SET replaced_by = $1 WHERE id = $2")
+                    .bind(&successor_id)
+                    .bind(&spent_id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                return Ok(Rotation::Rotated { user_id });
+            }
 
-        let state: Option<TokenState> = sqlx::query_as(
-            "SELECT t.user_id, t.family_id, t.expires_at, t.revoked_at, t.replaced_by,
-                    s.token_hash AS successor_hash, s.expires_at AS successor_expires_at,
-                    s.revoked_at AS successor_revoked_at, s.replaced_by AS successor_replaced_by
-             FROM refresh_tokens t LEFT JOIN refresh_tokens s ON s.id = t.replaced_by
-             WHERE t.token_hash = ?",
-        )
-        .bind(presented)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let outcome = match state {
-            None => Rotation::Unknown,
-            Some(state) if state.is_retry(successor.hash, now, reuse_interval) => {
-                Rotation::Retried {
-                    user_id: state.user_id,
+            let state: Option<TokenState> = sqlx::query_as(
+                "SELECT t.user_id, t.family_id, t.expires_at, t.revoked_at, t.replaced_by,
+                        s.token_hash AS successor_hash, s.expires_at AS successor_expires_at,
+                        s.revoked_at AS successor_revoked_at,
+                        s.replaced_by AS successor_replaced_by
+                 FROM refresh_tokens t LEFT JOIN refresh_tokens s ON s.id = t.replaced_by
+                 WHERE t.token_hash = $1",
+            )
+            .bind(presented)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let outcome = match state {
+                None => Rotation::Unknown,
+                Some(state) if state.is_retry(successor.hash, now, reuse_interval) => {
+                    Rotation::Retried {
+                        user_id: state.user_id,
+                    }
                 }
-            }
-            Some(state) if state.replaced_by.is_some() => {
-                revoke_family(&mut tx, &state.family_id, now).await?;
-                Rotation::Reused
-            }
-            Some(state) if state.revoked_at.is_some() => Rotation::Revoked,
-            Some(state) if state.expires_at <= now => Rotation::Expired,
-            Some(_) => Rotation::Unknown,
-        };
-        tx.commit().await?;
-        Ok(outcome)
+                Some(state) if state.replaced_by.is_some() => {
+                    sqlx::query(REVOKE_FAMILY)
+                        .bind(now)
+                        .bind(&state.family_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    Rotation::Reused
+                }
+                Some(state) if state.revoked_at.is_some() => Rotation::Revoked,
+                Some(state) if state.expires_at <= now => Rotation::Expired,
+                Some(_) => Rotation::Unknown,
+            };
+            tx.commit().await?;
+            Ok(outcome)
+        })
     }
 
     /// Ends the session (family) the token hashed `presented` belongs to. Unknown tokens
     /// are ignored, so logging out twice is harmless.
     pub async fn end_session(&self, presented: &[u8], now: i64) -> Result<(), AuthError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let family: Option<(String,)> =
-            sqlx::query_as("SELECT family_id FROM refresh_tokens WHERE token_hash = ?")
-                .bind(presented)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if let Some((family_id,)) = family {
-            revoke_family(&mut tx, &family_id, now).await?;
-        }
-        tx.commit().await?;
+        on_pool!(&self.pool, pool => {
+            let mut tx = pool.begin_write(REFRESH_TOKENS_LOCK).await?;
+            let family: Option<(String,)> =
+                sqlx::query_as("SELECT family_id FROM refresh_tokens WHERE token_hash = $1")
+                    .bind(presented)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some((family_id,)) = family {
+                sqlx::query(REVOKE_FAMILY)
+                    .bind(now)
+                    .bind(&family_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        });
         Ok(())
     }
 
     /// Ends every session of `user_id`; returns how many live tokens were revoked.
     pub async fn end_all_sessions(&self, user_id: Uuid, now: i64) -> Result<u64, AuthError> {
-        let result = sqlx::query(
-            "UPDATE refresh_tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(user_id.to_string())
-        .execute(&self.pool)
-        .await?;
-        Ok(result.rows_affected())
+        let result = on_pool!(&self.pool, pool => {
+            sqlx::query(
+                "UPDATE refresh_tokens SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+            )
+            .bind(now)
+            .bind(user_id.to_string())
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(result)
     }
 
     /// Deletes refresh tokens past their expiry and failed logins older than the window.
     pub async fn purge(&self, now: i64, failures_before: i64) -> Result<(u64, u64), AuthError> {
-        let tokens = sqlx::query("DELETE FROM refresh_tokens WHERE expires_at <= ?")
-            .bind(now)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        let failures = sqlx::query("DELETE FROM login_failures WHERE failed_at <= ?")
-            .bind(failures_before)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok((tokens, failures))
+        on_pool!(&self.pool, pool => {
+            let tokens = sqlx::query("DELETE FROM refresh_tokens WHERE expires_at <= $1")
+                .bind(now)
+                .execute(pool)
+                .await?
+                .rows_affected();
+            let failures = sqlx::query("DELETE FROM login_failures WHERE failed_at <= $1")
+                .bind(failures_before)
+                .execute(pool)
+                .await?
+                .rows_affected();
+            Ok((tokens, failures))
+        })
     }
 }
 
@@ -416,21 +464,6 @@ impl Counted {
             Claim::InFlight
         })
     }
-}
-
-async fn revoke_family(
-    tx: &mut sqlx::SqliteConnection,
-    family_id: &str,
-    now: i64,
-) -> Result<(), AuthError> {
-    sqlx::query(
-        "UPDATE refresh_tokens SET revoked_at = ? WHERE family_id = ? AND revoked_at IS NULL",
-    )
-    .bind(now)
-    .bind(family_id)
-    .execute(tx)
-    .await?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -7,16 +7,16 @@
 //! - [`metrics`]: the Prometheus recorder, per-call metrics and the scrape listener;
 //! - [`server`]: the gRPC bootstrap (reflection, health, per-call spans, graceful shutdown);
 //! - [`shutdown`]: the SIGINT/SIGTERM future handed to `run`;
-//! - [`sqlite`]: opening a service's database (WAL, busy timeout, foreign keys);
+//! - [`database`]: opening a service's database, SQLite or PostgreSQL, by its URL;
 //! - [`secrets`]: key material generated once into the data directory.
 
 pub mod config;
+pub mod database;
 pub mod http;
 pub mod jwt;
 pub mod metrics;
 pub mod secrets;
 pub mod server;
 pub mod shutdown;
-pub mod sqlite;
 pub mod telemetry;
 pub mod tls;

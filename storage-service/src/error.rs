@@ -126,7 +126,7 @@ impl From<StorageError> for Status {
                 tracing::warn!(%source, "object storage failed");
                 Status::unavailable("object storage is unavailable; try again shortly")
             }
-            StorageError::Database(source) => strongbox_common::sqlite::status(&source),
+            StorageError::Database(source) => strongbox_common::database::status(&source),
             StorageError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 Status::internal("internal error; try again later")

@@ -6,7 +6,7 @@
 //! "not found".
 
 use sqlx::{FromRow, SqlitePool};
-use strongbox_common::sqlite;
+use strongbox_common::database;
 use uuid::Uuid;
 
 use crate::error::StorageError;
@@ -65,7 +65,7 @@ pub struct Index {
 
 impl Index {
     pub async fn open(url: &str) -> Result<Self, StorageError> {
-        let pool = sqlite::open(url)
+        let pool = database::open_sqlite(url)
             .await
             .map_err(|err| StorageError::Internal(err.to_string()))?;
         sqlx::migrate!("./migrations")

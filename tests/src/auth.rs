@@ -6,6 +6,7 @@ use strongbox_proto::auth::v1::{LoginRequest, RegisterRequest, TokenPair};
 use tonic::Request;
 use tonic::transport::Channel;
 
+use crate::database::Database;
 use crate::{RunningService, Scratch, until_stopped};
 
 /// bcrypt's minimum cost keeps the suites fast; the cost itself is a config value.
@@ -23,6 +24,15 @@ impl TestAuth {
     /// Starts auth-service with test defaults in `data`, after `adjust` has had its say.
     pub fn start_in(data: &Scratch, adjust: impl FnOnce(&mut Config)) -> Self {
         Self::start_with_workers(data, 2, adjust)
+    }
+
+    /// Starts auth-service on `db` (its default SQLite file, or a PostgreSQL database),
+    /// with test defaults in `data`, after `adjust` has had its say.
+    pub fn start_on(db: &Database, data: &Scratch, adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::start_in(data, |config| {
+            config.database_url = db.url();
+            adjust(config);
+        })
     }
 
     pub fn start_with_workers(

@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 use tonic::transport::{Channel, Endpoint};
 
 pub mod auth;
+pub mod database;
 pub mod gateway;
 pub mod metrics;
 pub mod process;

@@ -1,5 +1,6 @@
-//! auth-service, black-box: a real server on a loopback port with a real SQLite file,
-//! driven through the generated gRPC client.
+//! auth-service, black-box: a real server on a loopback port with a real SQLite file
+//! (and, for the scenarios whose rules live in the database, a real PostgreSQL server
+//! too), driven through the generated gRPC client.
 
 use std::time::{Duration, Instant};
 
@@ -7,14 +8,37 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures::future::join_all;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use sqlx::Connection;
 use strongbox_common::jwt::{self, Claims};
 use strongbox_proto::auth::v1::{
     GetPublicKeysRequest, LoginRequest, LogoutAllRequest, LogoutRequest, MeRequest, RefreshRequest,
     RegisterRequest, TokenPair,
 };
-use strongbox_tests::Scratch;
 use strongbox_tests::auth::{PASSWORD, TestAuth, from_address, with_bearer};
+use strongbox_tests::database::Database;
+use strongbox_tests::{Scratch, on_both_databases};
 use tonic::Code;
+
+// The scenarios whose rules live in the database, run on SQLite and on PostgreSQL.
+on_both_databases!(
+    register_login_me_refresh_logout,
+    emails_are_normalised_and_unique,
+    wrong_password_and_unknown_email_look_the_same,
+    failed_logins_are_throttled_per_email_and_reset_by_success,
+    concurrent_refreshes_of_one_token_rotate_it_once,
+    without_a_reuse_interval_concurrent_refreshes_let_exactly_one_through,
+    replaying_a_rotated_refresh_token_revokes_the_whole_family,
+    logout_all_ends_every_session,
+    expired_refresh_tokens_are_refused,
+    refresh_tokens_are_stored_only_as_sha256,
+    sessions_and_keys_survive_a_restart,
+    concurrent_wrong_passwords_check_at_most_the_limit,
+    a_stranger_elsewhere_cannot_lock_the_owner_out,
+    the_per_email_ceiling_throttles_even_a_fresh_address,
+    a_retried_refresh_gets_the_same_successor,
+    a_refresh_presented_again_after_the_interval_revokes_the_family,
+    a_refresh_presented_again_after_its_successor_was_used_revokes_the_family,
+);
 
 fn register(email: &str, password: &str) -> RegisterRequest {
     RegisterRequest {
@@ -36,10 +60,9 @@ fn refresh(token: &str) -> RefreshRequest {
     }
 }
 
-#[tokio::test]
-async fn register_login_me_refresh_logout() {
+async fn register_login_me_refresh_logout(db: Database) {
     let data = Scratch::new();
-    let auth = TestAuth::start_in(&data, |_| {});
+    let auth = TestAuth::start_on(&db, &data, |_| {});
     let mut client = auth.client();
 
     let user = client
@@ -106,10 +129,9 @@ async fn register_login_me_refresh_logout() {
     );
 }
 
-#[tokio::test]
-async fn emails_are_normalised_and_unique() {
+async fn emails_are_normalised_and_unique(db: Database) {
     let data = Scratch::new();
-    let auth = TestAuth::start_in(&data, |_| {});
+    let auth = TestAuth::start_on(&db, &data, |_| {});
     let mut client = auth.client();
 
     let user = client
@@ -183,10 +205,9 @@ async fn bad_input_is_invalid_argument_with_a_clear_message() {
     }
 }
 
-#[tokio::test]
-async fn wrong_password_and_unknown_email_look_the_same() {
+async fn wrong_password_and_unknown_email_look_the_same(db: Database) {
     let data = Scratch::new();
-    let auth = TestAuth::start_in(&data, |_| {});
+    let auth = TestAuth::start_on(&db, &data, |_| {});
     let mut client = auth.client();
     client
         .register(register("erin@example.com", PASSWORD))
@@ -206,10 +227,9 @@ async fn wrong_password_and_unknown_email_look_the_same() {
     assert_eq!(wrong.message(), unknown.message());
 }
 
-#[tokio::test]
-async fn failed_logins_are_throttled_per_email_and_reset_by_success() {
+async fn failed_logins_are_throttled_per_email_and_reset_by_success(db: Database) {
     let data = Scratch::new();
-    let auth = TestAuth::start_in(&data, |config| config.login_max_failures = 5);
+    let auth = TestAuth::start_on(&db, &data, |config| config.login_max_failures = 5);
     let mut client = auth.client();
     client
         .register(register("frank@example.com", PASSWORD))
@@ -272,12 +292,11 @@ async fn failed_logins_are_throttled_per_email_and_reset_by_success() {
     assert_eq!(ghost.code(), Code::ResourceExhausted);
 }
 
-#[tokio::test]
-async fn concurrent_refreshes_of_one_token_rotate_it_once() {
+async fn concurrent_refreshes_of_one_token_rotate_it_once(db: Database) {
     // Within the reuse interval the losers of the race are retries: they get the
     // winner's successor, so the client ends up with one session, not a revoked one.
     let data = Scratch::new();
-    let auth = TestAuth::start_in(&data, |_| {});
+    let auth = TestAuth::start_on(&db, &data, |_| {});
     let tokens = auth.register_and_login("heidi@example.com").await;
 
     let attempts = (0..8).map(|_| {
@@ -300,10 +319,11 @@ async fn concurrent_refreshes_of_one_token_rotate_it_once() {
         .unwrap();
 }
 
-#[tokio::test]
-async fn without_a_reuse_interval_concurrent_refreshes_let_exactly_one_through() {
+async fn without_a_reuse_interval_concurrent_refreshes_let_exactly_one_through(db: Database) {
     let data = Scratch::new();
-    let auth = TestAuth::start_in(&data, |config| config.refresh_reuse_interval_seconds = 0);
+    let auth = TestAuth::start_on(&db, &data, |config| {
+        config.refresh_reuse_interval_seconds = 0
+    });
     let tokens = auth.register_and_login("heidi@example.com").await;
 
     let attempts = (0..8).map(|_| {
@@ -319,10 +339,9 @@ async fn without_a_reuse_interval_concurrent_refreshes_let_exactly_one_through()
     }
 }
 
-#[tokio::test]
-async fn replaying_a_rotated_refresh_token_revokes_the_whole_family() {
+async fn replaying_a_rotated_refresh_token_revokes_the_whole_family(db: Database) {
     let data = Scratch::new();
-    let auth = TestAuth::start_in(&data, |_| {});
+    let auth = TestAuth::start_on(&db, &data, |_| {});
     let mut client = auth.client();
     let first = auth.register_and_login("ivan@example.com").await;
     let other_session = auth.login("ivan@example.com").await.unwrap();
@@ -366,10 +385,9 @@ async fn replaying_a_rotated_refresh_token_revokes_the_whole_family() {
         .unwrap();
 }
 
-#[tokio::test]
-async fn logout_all_ends_every_session() {
+async fn logout_all_ends_every_session(db: Database) {
     let data = Scratch::new();
-    let auth = TestAuth::start_in(&data, |_| {});
+    let auth = TestAuth::start_on(&db, &data, |_| {});
     let mut client = auth.client();
     let laptop = auth.register_and_login("judy@example.com").await;
     let phone = auth.login("judy@example.com").await.unwrap();
@@ -392,10 +410,9 @@ async fn logout_all_ends_every_session() {
     auth.login("judy@example.com").await.unwrap();
 }
 
-#[tokio::test]
-async fn expired_refresh_tokens_are_refused() {
+async fn expired_refresh_tokens_are_refused(db: Database) {
     let data = Scratch::new();
-    let auth = TestAuth::start_in(&data, |config| config.refresh_token_expire_seconds = 1);
+    let auth = TestAuth::start_on(&db, &data, |config| config.refresh_token_expire_seconds = 1);
     let tokens = auth.register_and_login("ken@example.com").await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let status = auth
@@ -407,40 +424,52 @@ async fn expired_refresh_tokens_are_refused() {
     assert!(status.message().contains("expired"), "{}", status.message());
 }
 
-#[tokio::test]
-async fn refresh_tokens_are_stored_only_as_sha256() {
+async fn refresh_tokens_are_stored_only_as_sha256(db: Database) {
     use sha2::{Digest, Sha256};
     let data = Scratch::new();
-    let mut auth = TestAuth::start_in(&data, |_| {});
+    let mut auth = TestAuth::start_on(&db, &data, |_| {});
     let tokens = auth.register_and_login("leo@example.com").await;
-    let db = auth
-        .config
-        .database_url()
-        .trim_start_matches("sqlite://")
-        .to_owned();
+    let url = auth.config.database_url();
     auth.service.stop().await.unwrap(); // checkpoints and closes the database
 
-    let mut bytes = std::fs::read(&db).unwrap();
-    bytes.extend(std::fs::read(format!("{db}-wal")).unwrap_or_default());
+    let hash = Sha256::digest(tokens.refresh_token.as_bytes());
+    let (bytes, stored_hash) = match db {
+        // Every byte of the file and its write-ahead log.
+        Database::Sqlite => {
+            let file = url.trim_start_matches("sqlite://");
+            let mut bytes = std::fs::read(file).unwrap();
+            bytes.extend(std::fs::read(format!("{file}-wal")).unwrap_or_default());
+            (bytes, hash.to_vec())
+        }
+        // Every row of every table, as text (BYTEA in its hex form).
+        Database::Postgres { .. } => {
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            let rows: Vec<(String,)> = sqlx::query_as(
+                "SELECT u::text FROM users u UNION ALL SELECT t::text FROM refresh_tokens t
+                 UNION ALL SELECT f::text FROM login_failures f",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+            let text: String = rows.into_iter().map(|(row,)| row).collect();
+            (text.into_bytes(), hex::encode(hash).into_bytes())
+        }
+    };
     let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|window| window == needle);
     assert!(
         !contains(tokens.refresh_token.as_bytes()),
         "the plain refresh token is in the database"
     );
-    assert!(
-        contains(&Sha256::digest(tokens.refresh_token.as_bytes())),
-        "its SHA-256 is not stored"
-    );
+    assert!(contains(&stored_hash), "its SHA-256 is not stored");
     assert!(
         !contains(PASSWORD.as_bytes()),
         "the plain password is in the database"
     );
 }
 
-#[tokio::test]
-async fn sessions_and_keys_survive_a_restart() {
+async fn sessions_and_keys_survive_a_restart(db: Database) {
     let data = Scratch::new();
-    let mut auth = TestAuth::start_in(&data, |_| {});
+    let mut auth = TestAuth::start_on(&db, &data, |_| {});
     let tokens = auth.register_and_login("mallory@example.com").await;
     let keys_before = auth
         .client()
@@ -450,7 +479,7 @@ async fn sessions_and_keys_survive_a_restart() {
         .into_inner();
     auth.service.stop().await.unwrap();
 
-    let auth = TestAuth::start_in(&data, |_| {});
+    let auth = TestAuth::start_on(&db, &data, |_| {});
     let mut client = auth.client();
     let keys_after = client
         .get_public_keys(GetPublicKeysRequest {})
@@ -576,11 +605,10 @@ async fn a_login_flood_is_refused_at_once_while_other_calls_go_through() {
     auth.login("olga@example.com").await.unwrap();
 }
 
-#[tokio::test]
-async fn concurrent_wrong_passwords_check_at_most_the_limit() {
+async fn concurrent_wrong_passwords_check_at_most_the_limit(db: Database) {
     // A queue long enough for all: what stops the guesses here is the throttle alone.
     let data = Scratch::new();
-    let auth = TestAuth::start_in(&data, |config| {
+    let auth = TestAuth::start_on(&db, &data, |config| {
         config.login_max_failures = 5;
         config.password_hash_queue = Some(64);
     });
@@ -613,10 +641,9 @@ async fn concurrent_wrong_passwords_check_at_most_the_limit() {
     }
 }
 
-#[tokio::test]
-async fn a_stranger_elsewhere_cannot_lock_the_owner_out() {
+async fn a_stranger_elsewhere_cannot_lock_the_owner_out(db: Database) {
     let data = Scratch::new();
-    let auth = TestAuth::start_in(&data, |config| config.login_max_failures = 3);
+    let auth = TestAuth::start_on(&db, &data, |config| config.login_max_failures = 3);
     let mut client = auth.client();
     auth.register_and_login("quentin@example.com").await;
 
@@ -660,10 +687,9 @@ async fn a_stranger_elsewhere_cannot_lock_the_owner_out() {
     assert_eq!(still.code(), Code::ResourceExhausted);
 }
 
-#[tokio::test]
-async fn the_per_email_ceiling_throttles_even_a_fresh_address() {
+async fn the_per_email_ceiling_throttles_even_a_fresh_address(db: Database) {
     let data = Scratch::new();
-    let auth = TestAuth::start_in(&data, |config| {
+    let auth = TestAuth::start_on(&db, &data, |config| {
         config.login_max_failures = 2;
         config.login_max_failures_per_email = 5;
     });
@@ -705,10 +731,9 @@ async fn rotate(auth: &TestAuth, token: &str) -> Result<TokenPair, tonic::Status
     Ok(response.into_inner().tokens.expect("a token pair"))
 }
 
-#[tokio::test]
-async fn a_retried_refresh_gets_the_same_successor() {
+async fn a_retried_refresh_gets_the_same_successor(db: Database) {
     let data = Scratch::new();
-    let auth = TestAuth::start_in(&data, |_| {});
+    let auth = TestAuth::start_on(&db, &data, |_| {});
     let first = auth.register_and_login("sven@example.com").await;
 
     let answer = rotate(&auth, &first.refresh_token).await.unwrap();
@@ -727,10 +752,11 @@ async fn a_retried_refresh_gets_the_same_successor() {
     rotate(&auth, &next.refresh_token).await.unwrap();
 }
 
-#[tokio::test]
-async fn a_refresh_presented_again_after_the_interval_revokes_the_family() {
+async fn a_refresh_presented_again_after_the_interval_revokes_the_family(db: Database) {
     let data = Scratch::new();
-    let auth = TestAuth::start_in(&data, |config| config.refresh_reuse_interval_seconds = 1);
+    let auth = TestAuth::start_on(&db, &data, |config| {
+        config.refresh_reuse_interval_seconds = 1
+    });
     let first = auth.register_and_login("tara@example.com").await;
     let successor = rotate(&auth, &first.refresh_token).await.unwrap();
 
@@ -746,10 +772,9 @@ async fn a_refresh_presented_again_after_the_interval_revokes_the_family() {
     assert_eq!(refused.code(), Code::Unauthenticated);
 }
 
-#[tokio::test]
-async fn a_refresh_presented_again_after_its_successor_was_used_revokes_the_family() {
+async fn a_refresh_presented_again_after_its_successor_was_used_revokes_the_family(db: Database) {
     let data = Scratch::new();
-    let auth = TestAuth::start_in(&data, |_| {});
+    let auth = TestAuth::start_on(&db, &data, |_| {});
     let first = auth.register_and_login("ulla@example.com").await;
     let second = rotate(&auth, &first.refresh_token).await.unwrap();
     let third = rotate(&auth, &second.refresh_token).await.unwrap();

@@ -6,19 +6,22 @@
 //!
 //! The replicas of a service share one data directory: SQLite, the embedded default,
 //! serves several processes on one machine, so every call here means the same on
-//! either replica.
+//! either replica. The auth replicas also run on one PostgreSQL database, as replicas on
+//! several machines would, and keep every rule of the accounts database there.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use strongbox_proto::auth::v1::MeRequest;
+use futures::future::join_all;
 use strongbox_proto::auth::v1::auth_service_client::AuthServiceClient;
+use strongbox_proto::auth::v1::{LoginRequest, MeRequest, RefreshRequest};
 use strongbox_proto::storage::v1::ListFilesRequest;
 use strongbox_proto::storage::v1::storage_service_client::StorageServiceClient;
 use strongbox_tests::Scratch;
 use strongbox_tests::auth::{new_account, with_bearer};
+use strongbox_tests::database::Database;
 use strongbox_tests::metrics::Scrape;
 use strongbox_tests::process::ServiceProcess;
 use strongbox_tests::storage::{User, metadata, pseudo_random};
@@ -104,11 +107,17 @@ struct Deployment {
 
 impl Deployment {
     async fn start(health_interval_seconds: u64) -> Self {
+        Self::start_with_auth(health_interval_seconds, &[]).await
+    }
+
+    /// Like [`Deployment::start`], with more settings for both auth replicas.
+    async fn start_with_auth(health_interval_seconds: u64, auth_extra: &[(&str, String)]) -> Self {
         let scratch = Scratch::new();
-        let auth_settings = [
+        let mut auth_settings = vec![
             ("DATA_DIR", scratch.join("auth").display().to_string()),
             ("BCRYPT_ROUNDS", "4".to_owned()),
         ];
+        auth_settings.extend_from_slice(auth_extra);
         // One after the other: the first creates the database and the signing key the
         // second then shares.
         let first_auth =
@@ -148,6 +157,9 @@ impl Deployment {
                 "UPSTREAM_HEALTH_INTERVAL_SECONDS",
                 health_interval_seconds.to_string(),
             ),
+            // This suite's clients all come from 127.0.0.1, more often than one person.
+            ("RATE_LIMIT_LOGIN", "600/m,burst=100".to_owned()),
+            ("RATE_LIMIT_REFRESH", "600/m,burst=100".to_owned()),
             ("RUST_LOG", "warn".to_owned()),
         ]
         .into_iter()
@@ -358,4 +370,87 @@ async fn a_call_that_never_reached_a_dead_replica_is_retried_and_with_none_left_
         .me(with_bearer(MeRequest {}, &user.token))
         .await
         .expect("Me");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_replicas_on_one_postgresql_rotate_a_token_once_and_throttle_together() {
+    let Some(url) = Database::postgres().await.url() else {
+        unreachable!("a PostgreSQL database has a URL")
+    };
+    let deployment = Deployment::start_with_auth(
+        1,
+        &[
+            ("DATABASE_URL", url),
+            // Every second use of a refresh token is reuse: one of eight succeeds.
+            ("REFRESH_REUSE_INTERVAL_SECONDS", "0".to_owned()),
+            ("LOGIN_MAX_FAILURES", "5".to_owned()),
+            // Room for every guess: what stops them is the throttle alone.
+            ("PASSWORD_HASH_QUEUE", "64".to_owned()),
+        ],
+    )
+    .await;
+    let mut accounts = AuthServiceClient::new(deployment.channel());
+    new_account(
+        deployment.channel(),
+        "pg@example.com",
+        "correct horse battery",
+    )
+    .await;
+
+    // Eight concurrent Refresh calls with one token, over both replicas: exactly one
+    // rotates it. Four rounds, each from a login of its own.
+    for round in 0..4 {
+        let tokens = accounts
+            .login(LoginRequest {
+                email: "pg@example.com".into(),
+                password: "correct horse battery".into(),
+            })
+            .await
+            .expect("Login")
+            .into_inner()
+            .tokens
+            .expect("a token pair");
+        let refreshes = (0..8).map(|_| {
+            let mut client = AuthServiceClient::new(deployment.channel());
+            let refresh_token = tokens.refresh_token.clone();
+            async move { client.refresh(RefreshRequest { refresh_token }).await }
+        });
+        let outcomes = join_all(refreshes).await;
+        let rotated = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
+        assert_eq!(rotated, 1, "round {round}: {outcomes:?}");
+        for refused in outcomes.iter().filter_map(|outcome| outcome.as_ref().err()) {
+            assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+        }
+    }
+    spread(&deployment.auth, "/auth.v1.AuthService/Refresh", 32).await;
+
+    // Wrong passwords from one address, all at once over both replicas, are claimed in
+    // one database: five are checked, every other is refused with a time to retry.
+    let guesses = (0..24).map(|_| {
+        let mut client = AuthServiceClient::new(deployment.channel());
+        async move {
+            client
+                .login(LoginRequest {
+                    email: "pg@example.com".into(),
+                    password: "wrong password".into(),
+                })
+                .await
+                .expect_err("a wrong password")
+        }
+    });
+    let refusals = join_all(guesses).await;
+    let checked = refusals
+        .iter()
+        .filter(|status| status.code() == Code::Unauthenticated)
+        .count();
+    assert_eq!(checked, 5, "{refusals:?}");
+    for status in refusals
+        .iter()
+        .filter(|s| s.code() != Code::Unauthenticated)
+    {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(status.metadata().get("retry-after").is_some(), "{status:?}");
+    }
+    // The account's own login, the four rounds' and the guesses.
+    spread(&deployment.auth, "/auth.v1.AuthService/Login", 29).await;
 }

@@ -1,19 +1,21 @@
 //! auth-service under load, against its bound: one bcrypt hash at cost 12 takes `t`
 //! on one core, so no server can log in faster than `cores ÷ t` per second. `Me` (a JWT
 //! check and one indexed SQLite read) is measured idle at 16 and 64 concurrent callers,
-//! and again at 16 while logins keep every core busy hashing.
+//! and again at 16 while logins keep every core busy hashing. Then the database's own
+//! cost: `Me` and `Refresh` (a write transaction) at 16 concurrent, on SQLite and on a
+//! second auth-service whose accounts are on PostgreSQL.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use strongbox_proto::auth::v1::MeRequest;
 use strongbox_proto::auth::v1::auth_service_client::AuthServiceClient;
+use strongbox_proto::auth::v1::{MeRequest, RefreshRequest};
 use strongbox_tests::auth::with_bearer;
 use tonic::transport::Channel;
 
-use crate::system::{BCRYPT_COST, PASSWORD, System, login};
+use crate::system::{self, BCRYPT_COST, PASSWORD, System, login};
 
 pub struct AuthNumbers {
     pub cores: usize,
@@ -29,6 +31,11 @@ pub struct AuthNumbers {
     pub me_16_loaded: Latencies,
     /// Logins per second during that loaded measurement.
     pub logins_while_loaded: f64,
+    /// 16 sessions each rotating its refresh token back to back, on SQLite.
+    pub refresh_16: Latencies,
+    /// The same `Me` and `Refresh` measurements on an auth-service on PostgreSQL.
+    pub me_16_postgres: Latencies,
+    pub refresh_16_postgres: Latencies,
 }
 
 impl AuthNumbers {
@@ -109,6 +116,14 @@ pub async fn measure(system: &System, quick: bool) -> AuthNumbers {
     stop.store(true, Ordering::Relaxed);
     join_all(load).await;
 
+    let refresh_16 = refresh(&client, &emails, 16, window).await;
+    let on_postgres = system.auth_on_postgres().await;
+    let postgres_client = AuthServiceClient::new(on_postgres.channel());
+    let postgres_token = system::user_on(&postgres_client, &emails[0]).await;
+    let me_16_postgres = me(&postgres_client, &postgres_token, 16, window).await;
+    let refresh_16_postgres = refresh(&postgres_client, &emails[..1], 16, window).await;
+    on_postgres.stop().await;
+
     AuthNumbers {
         cores,
         hash_time,
@@ -118,6 +133,9 @@ pub async fn measure(system: &System, quick: bool) -> AuthNumbers {
         me_64,
         me_16_loaded,
         logins_while_loaded,
+        refresh_16,
+        me_16_postgres,
+        refresh_16_postgres,
     }
 }
 
@@ -210,10 +228,57 @@ async fn me(
             latencies
         })
     });
-    let mut latencies: Vec<Duration> = join_all(callers)
-        .await
+    latencies(join_all(callers).await, began)
+}
+
+/// `concurrency` sessions (logins of `emails`, in turn), each rotating its own refresh
+/// token back to back for `window`: one write transaction per call.
+async fn refresh(
+    client: &AuthServiceClient<Channel>,
+    emails: &[String],
+    concurrency: usize,
+    window: Duration,
+) -> Latencies {
+    let mut sessions = Vec::with_capacity(concurrency);
+    for email in emails.iter().cycle().take(concurrency) {
+        let pair = client.clone().login(login(email)).await.expect("a login");
+        let tokens = pair.into_inner().tokens.expect("a token pair");
+        sessions.push(tokens.refresh_token);
+    }
+    let began = Instant::now();
+    let callers = sessions.into_iter().map(|mut refresh_token| {
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while began.elapsed() < window {
+                let sent = Instant::now();
+                let rotated = client
+                    .refresh(RefreshRequest {
+                        refresh_token: refresh_token.clone(),
+                    })
+                    .await
+                    .expect("Refresh answers");
+                latencies.push(sent.elapsed());
+                refresh_token = rotated
+                    .into_inner()
+                    .tokens
+                    .expect("a token pair")
+                    .refresh_token;
+            }
+            latencies
+        })
+    });
+    latencies(join_all(callers).await, began)
+}
+
+/// Every caller's latencies, as calls per second since `began` and percentiles.
+fn latencies(
+    callers: Vec<Result<Vec<Duration>, tokio::task::JoinError>>,
+    began: Instant,
+) -> Latencies {
+    let mut latencies: Vec<Duration> = callers
         .into_iter()
-        .flat_map(|caller| caller.expect("a Me caller"))
+        .flat_map(|caller| caller.expect("a caller"))
         .collect();
     let elapsed = began.elapsed();
     latencies.sort();

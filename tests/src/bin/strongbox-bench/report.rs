@@ -93,6 +93,18 @@ pub fn auth_table(auth: &AuthNumbers) -> String {
         ),
         &auth.me_16_loaded,
     ));
+    table.push_str(&me(
+        "Refresh, 16 sessions rotating at once (one write transaction each)",
+        &auth.refresh_16,
+    ));
+    table.push_str(&me(
+        "Me, 16 concurrent, accounts on PostgreSQL",
+        &auth.me_16_postgres,
+    ));
+    table.push_str(&me(
+        "Refresh, 16 sessions rotating at once, accounts on PostgreSQL",
+        &auth.refresh_16_postgres,
+    ));
     table
 }
 
@@ -170,7 +182,13 @@ pub fn render(
         downloads,
         crate::downloads::least_per_measurement(plan),
     ));
-    out.push_str("\n## auth-service\n\n");
+    out.push_str(
+        "\n## auth-service\n\n\
+         Straight to auth-service, no gateway. The PostgreSQL rows run a second auth-service \
+         whose accounts are on a PostgreSQL 15 server on the same two cores (the test \
+         suites' throwaway cluster: loopback, fsync off, as SQLite's WAL here commits \
+         without an fsync of its own).\n\n",
+    );
     out.push_str(&auth_table(auth));
     out.push('\n');
     out.push_str(&hostile_section(hostile));

@@ -9,6 +9,7 @@ use object_store::{ClientOptions, ObjectStore};
 use strongbox_proto::auth::v1::auth_service_client::AuthServiceClient;
 use strongbox_proto::auth::v1::{LoginRequest, RegisterRequest};
 use strongbox_tests::Scratch;
+use strongbox_tests::database::Database;
 use strongbox_tests::process::{Profile, ServiceProcess, workspace_binary_in};
 use strongbox_tests::s3::{ACCESS_KEY, SECRET_KEY, TestS3};
 use strongbox_tests::storage::BUCKET;
@@ -156,20 +157,27 @@ impl System {
 
     /// Registers `email` and returns an access token.
     pub async fn user(&self, email: &str) -> String {
-        let mut auth = self.auth_client();
-        auth.register(RegisterRequest {
-            email: email.to_owned(),
-            password: PASSWORD.to_owned(),
-        })
-        .await
-        .expect("register");
-        auth.login(login(email))
-            .await
-            .expect("login")
-            .into_inner()
-            .tokens
-            .expect("tokens")
-            .access_token
+        user_on(&self.auth_client(), email).await
+    }
+
+    /// A second auth-service with the same settings, its accounts in a new database on
+    /// the PostgreSQL server the test suites use (`strongbox_tests::database`).
+    pub async fn auth_on_postgres(&self) -> Service {
+        let url = free_url();
+        let Some(database_url) = Database::postgres().await.url() else {
+            unreachable!("a PostgreSQL database has a URL")
+        };
+        let mut environment = self.auth.environment.clone();
+        environment.insert(
+            "AUTH_LISTEN".into(),
+            url.trim_start_matches("http://").into(),
+        );
+        environment.insert(
+            "DATA_DIR".into(),
+            self.auth.dir.join("auth-on-postgres").display().to_string(),
+        );
+        environment.insert("DATABASE_URL".into(), database_url);
+        start_in(&self.auth.dir, "auth-service", environment, url).await
     }
 
     /// Another gateway in front of the same services, with every limit at its default
@@ -202,6 +210,24 @@ pub const PASSWORD: &str = "a benchmark password";
 /// The cost auth-service hashes at here, and the bound is timed at.
 pub const BCRYPT_COST: u32 = 12;
 
+/// Registers `email` through `auth` and returns an access token.
+pub async fn user_on(auth: &AuthServiceClient<Channel>, email: &str) -> String {
+    let mut auth = auth.clone();
+    auth.register(RegisterRequest {
+        email: email.to_owned(),
+        password: PASSWORD.to_owned(),
+    })
+    .await
+    .expect("register");
+    auth.login(login(email))
+        .await
+        .expect("login")
+        .into_inner()
+        .tokens
+        .expect("tokens")
+        .access_token
+}
+
 pub fn login(email: &str) -> LoginRequest {
     LoginRequest {
         email: email.to_owned(),
@@ -218,15 +244,15 @@ async fn start<const N: usize>(
     start_in(dir.path(), binary, settings, url).await
 }
 
-async fn start_in<'a>(
+async fn start_in<N: Into<String>>(
     dir: &std::path::Path,
     binary: &str,
-    settings: impl IntoIterator<Item = (&'a str, String)>,
+    settings: impl IntoIterator<Item = (N, String)>,
     url: String,
 ) -> Service {
     let mut environment: BTreeMap<String, String> = settings
         .into_iter()
-        .map(|(name, value)| (name.to_owned(), value))
+        .map(|(name, value)| (name.into(), value))
         .collect();
     environment.insert("RUST_LOG".into(), "warn".into());
     let mut service = Service {
