@@ -21,6 +21,16 @@ pub fn load<T: Parser>() -> T {
     T::parse()
 }
 
+/// The URLs of a setting that names one service's replicas one by one, separated by
+/// commas (`AUTH_SERVICE_URL=http://10.0.0.5:50051,http://10.0.0.6:50051`); blanks
+/// around and between them are skipped.
+pub fn url_list(setting: &str) -> impl Iterator<Item = &str> {
+    setting
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+}
+
 /// Where the embedded defaults keep their state (SQLite file, keys, local objects).
 #[derive(Debug, Clone, clap::Args)]
 pub struct DataDirArgs {

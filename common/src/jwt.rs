@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -154,16 +155,57 @@ impl LastFetch {
     }
 }
 
-/// Where a verifier fetches auth-service's keys: one channel, or (in the gateway, with
-/// several auth-service replicas) one chosen afresh for each fetch.
+/// Where a verifier fetches auth-service's keys: one channel, a list of replicas, or (in
+/// the gateway) the replicas its health checks find answering.
 pub trait KeyChannel: Send + Sync + 'static {
-    /// The channel for the next fetch, or why there is none (no replica answering).
-    fn channel(&self) -> Result<Channel, Status>;
+    /// The channels to try for the next fetch, in order: the first that answers gives
+    /// the keys. An error says why there is none (no replica answering).
+    fn channels(&self) -> Result<Vec<Channel>, Status>;
+
+    /// The channel at `index` of [`KeyChannel::channels`] answered: a list may start
+    /// from it next time, so a dead replica costs one failed connection, not one per
+    /// fetch.
+    fn answered(&self, _index: usize) {}
 }
 
 impl KeyChannel for Channel {
-    fn channel(&self) -> Result<Channel, Status> {
-        Ok(self.clone())
+    fn channels(&self) -> Result<Vec<Channel>, Status> {
+        Ok(vec![self.clone()])
+    }
+}
+
+/// auth-service replicas named one by one (a comma-separated `AUTH_SERVICE_URL`): each
+/// fetch starts with the replica that answered the last one and goes on down the list.
+pub struct KeyChannels {
+    channels: Vec<Channel>,
+    preferred: AtomicUsize,
+}
+
+impl KeyChannels {
+    pub fn new(channels: Vec<Channel>) -> Self {
+        Self {
+            channels,
+            preferred: Default::default(),
+        }
+    }
+}
+
+impl KeyChannel for KeyChannels {
+    fn channels(&self) -> Result<Vec<Channel>, Status> {
+        let start = self.preferred.load(Ordering::Relaxed);
+        let mut ordered = self.channels.clone();
+        ordered.rotate_left(start % self.channels.len().max(1));
+        Ok(ordered)
+    }
+
+    fn answered(&self, index: usize) {
+        let count = self.channels.len().max(1);
+        // `index` is into the rotated order `channels` returned.
+        let _ = self
+            .preferred
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |start| {
+                Some((start + index) % count)
+            });
     }
 }
 
@@ -300,29 +342,52 @@ impl KeySource {
         Ok(())
     }
 
-    /// One `GetPublicKeys`, bounded by [`FETCH_TIMEOUT`].
+    /// `GetPublicKeys` from the first channel that answers, all of it bounded by
+    /// [`FETCH_TIMEOUT`] and each channel by its share, so one replica that never
+    /// answers leaves time for the next.
     async fn fetch(&self) -> Result<HashMap<String, DecodingKey>, Status> {
-        let mut request = tonic::Request::new(GetPublicKeysRequest {});
-        request.set_timeout(FETCH_TIMEOUT);
-        let mut client = AuthServiceClient::new(self.channels.channel()?);
-        let response = tokio::time::timeout(FETCH_TIMEOUT, client.get_public_keys(request))
-            .await
-            .map_err(|_| {
-                Status::deadline_exceeded(format!(
-                    "GetPublicKeys did not answer within {FETCH_TIMEOUT:?}"
-                ))
-            })??
-            .into_inner();
-        Ok(response
-            .keys
-            .into_iter()
-            .filter(|key| key.alg == EDDSA)
-            .filter_map(|key| {
-                let raw: [u8; 32] = key.public_key.as_ref().try_into().ok()?;
-                Some((key.kid, ed25519_key(&raw)))
-            })
-            .collect())
+        let channels = self.channels.channels()?;
+        let share = FETCH_TIMEOUT / u32::try_from(channels.len().max(1)).unwrap_or(u32::MAX);
+        let mut failure = Status::unavailable("no auth-service to fetch keys from");
+        for (index, channel) in channels.into_iter().enumerate() {
+            match fetch_from(channel, share).await {
+                Ok(keys) => {
+                    self.channels.answered(index);
+                    return Ok(keys);
+                }
+                Err(status) => {
+                    tracing::warn!(%status, "an auth-service did not give its keys");
+                    failure = status;
+                }
+            }
+        }
+        Err(failure)
     }
+}
+
+/// One `GetPublicKeys` over `channel`, bounded by `timeout`.
+async fn fetch_from(
+    channel: Channel,
+    timeout: Duration,
+) -> Result<HashMap<String, DecodingKey>, Status> {
+    let mut request = tonic::Request::new(GetPublicKeysRequest {});
+    request.set_timeout(timeout);
+    let mut client = AuthServiceClient::new(channel);
+    let response = tokio::time::timeout(timeout, client.get_public_keys(request))
+        .await
+        .map_err(|_| {
+            Status::deadline_exceeded(format!("GetPublicKeys did not answer within {timeout:?}"))
+        })??
+        .into_inner();
+    Ok(response
+        .keys
+        .into_iter()
+        .filter(|key| key.alg == EDDSA)
+        .filter_map(|key| {
+            let raw: [u8; 32] = key.public_key.as_ref().try_into().ok()?;
+            Some((key.kid, ed25519_key(&raw)))
+        })
+        .collect())
 }
 
 fn ed25519_key(raw: &[u8; 32]) -> DecodingKey {
@@ -459,6 +524,56 @@ mod tests {
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_key_fetch_goes_on_to_the_next_replica_when_one_is_gone() {
+        // A replica that is gone: its port refuses connections.
+        let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gone_channel = lazy_channel(&gone).await;
+        drop(gone);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let channel = lazy_channel(&listener).await;
+        let service = CountingKeys::default();
+        let calls = service.calls.clone();
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(AuthServiceServer::new(service))
+                .serve_with_incoming(incoming),
+        );
+
+        let replicas = KeyChannels::new(vec![gone_channel, channel]);
+        let verifier = Verifier::from_auth_service(replicas);
+        // The keys came (from the second replica): the kid is unknown, not unreachable.
+        let outcome = verifier.verify(&forged_token("rotated")).await;
+        assert!(
+            matches!(outcome, Err(TokenError::UnknownKey)),
+            "{outcome:?}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_list_of_replicas_starts_with_the_one_that_answered_last() {
+        let replicas = KeyChannels::new(Vec::new());
+        assert!(replicas.channels().unwrap().is_empty());
+        let replicas = KeyChannels {
+            channels: vec![unused_channel(1), unused_channel(2), unused_channel(3)],
+            preferred: AtomicUsize::new(0),
+        };
+        replicas.answered(1);
+        assert_eq!(replicas.preferred.load(Ordering::Relaxed), 1);
+        // Index 2 of the order that started at 1 is the first replica again.
+        replicas.answered(2);
+        assert_eq!(replicas.preferred.load(Ordering::Relaxed), 0);
+    }
+
+    fn unused_channel(port: u16) -> Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect_lazy()
     }
 
     #[tokio::test]

@@ -96,7 +96,8 @@ pub struct Config {
     #[arg(long, env = "STORAGE_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub storage_timeout_seconds: u64,
 
-    /// auth-service, whose GetPublicKeys verifies access tokens (unless JWT_SECRET is set).
+    /// auth-service, whose GetPublicKeys verifies access tokens (unless JWT_SECRET is
+    /// set): one URL, or several replicas' separated by commas, tried in turn.
     #[arg(
         long,
         env = "AUTH_SERVICE_URL",
@@ -272,6 +273,11 @@ impl Config {
 }
 
 impl Config {
+    /// Every auth-service URL of `AUTH_SERVICE_URL`.
+    pub fn auth_service_urls(&self) -> impl Iterator<Item = &str> {
+        strongbox_common::config::url_list(&self.auth_service_url)
+    }
+
     /// The certificate this service serves gRPC with, if TLS is on.
     pub fn served_certificate(&self) -> Option<strongbox_common::tls::ServedCertificate> {
         Some(strongbox_common::tls::ServedCertificate {

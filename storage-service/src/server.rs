@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use strongbox_common::jwt::Verifier;
+use strongbox_common::jwt::{KeyChannels, Verifier};
 use strongbox_common::tls::{self, ServiceCa};
 use strongbox_common::{secrets, server};
 use strongbox_proto::storage::v1::storage_service_server::StorageServiceServer;
@@ -146,12 +146,22 @@ fn verifier(config: &Config) -> Result<Verifier, StorageError> {
     }
     let ca = ServiceCa::load(config.service_ca_file.as_deref())
         .map_err(|err| StorageError::Internal(err.to_string()))?;
-    let channel = tls::service_endpoint(&config.auth_service_url, ca.as_ref())
-        .map_err(|err| StorageError::Internal(format!("AUTH_SERVICE_URL: {err}")))?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10))
-        .connect_lazy();
-    Ok(Verifier::from_auth_service(channel))
+    let channels = config
+        .auth_service_urls()
+        .map(|url| {
+            Ok(tls::service_endpoint(url, ca.as_ref())
+                .map_err(|err| StorageError::Internal(format!("AUTH_SERVICE_URL: {err}")))?
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(10))
+                .connect_lazy())
+        })
+        .collect::<Result<Vec<_>, StorageError>>()?;
+    if channels.is_empty() {
+        return Err(StorageError::Internal(
+            "AUTH_SERVICE_URL names no URL: give auth-service's, or set JWT_SECRET".into(),
+        ));
+    }
+    Ok(Verifier::from_auth_service(KeyChannels::new(channels)))
 }
 
 /// Often enough that an expired session (or an abandoned multipart upload) does not

@@ -126,7 +126,10 @@ impl Deployment {
             Replica::start("auth-service", "AUTH_LISTEN", &scratch, &auth_settings).await;
         let storage_settings = [
             ("DATA_DIR", scratch.join("storage").display().to_string()),
-            ("AUTH_SERVICE_URL", first_auth.url()),
+            (
+                "AUTH_SERVICE_URL",
+                format!("{},{}", first_auth.url(), second_auth.url()),
+            ),
         ];
         let first_storage = Replica::start(
             "storage-service",
@@ -453,4 +456,72 @@ async fn auth_replicas_on_one_postgresql_rotate_a_token_once_and_throttle_togeth
     }
     // The account's own login, the four rounds' and the guesses.
     spread(&deployment.auth, "/auth.v1.AuthService/Login", 29).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_fetches_a_rotated_key_from_the_auth_replica_still_answering() {
+    let mut deployment =
+        Deployment::start_with_auth(1, &[("JWT_KEY_ACTIVATION_DELAY_SECONDS", "1".to_owned())])
+            .await;
+    let user = deployment.user("keys@example.com").await;
+    // The storage replicas fetch the first key from the first auth replica they name.
+    put(&user, "first-key.bin", 1).await;
+    put(&user, "first-key-again.bin", 2).await;
+
+    // A new key, in the key files both auth replicas share; then the first one is gone.
+    let rotated = std::process::Command::new(workspace_binary("auth-service"))
+        .arg("rotate-key")
+        .env_clear()
+        .envs(&deployment.auth[0].environment)
+        .output()
+        .expect("auth-service rotate-key runs");
+    assert!(rotated.status.success(), "{rotated:?}");
+    deployment.auth[0].kill().await;
+    // Past the new key's activation, the replicas' key reload, and the storage
+    // replicas' least interval between two key fetches.
+    tokio::time::sleep(strongbox_common::jwt::MIN_REFETCH_INTERVAL + Duration::from_secs(1)).await;
+
+    let fresh = AuthServiceClient::new(deployment.channel())
+        .login(LoginRequest {
+            email: "keys@example.com".into(),
+            password: "correct horse battery".into(),
+        })
+        .await
+        .expect("Login on the replica still answering")
+        .into_inner()
+        .tokens
+        .expect("a token pair");
+    let kid = |token: &str| {
+        jsonwebtoken::decode_header(token)
+            .expect("a JWT")
+            .kid
+            .expect("a kid")
+    };
+    assert_ne!(
+        kid(&fresh.access_token),
+        kid(&user.token),
+        "signed with the new key"
+    );
+    // Both storage replicas meet the new kid: each fetches the keys again, and the auth
+    // replica it tries first is gone, so it must go on to the one still answering.
+    let uploader = User {
+        storage: StorageServiceClient::new(deployment.channel()),
+        token: fresh.access_token,
+        id: user.id,
+    };
+    for index in 0..12 {
+        uploader
+            .put_file(
+                metadata(&format!("new-key-{index}.bin"), "application/octet-stream"),
+                Bytes::from(pseudo_random(1024, index)),
+            )
+            .await
+            .unwrap_or_else(|status| panic!("PutFile with a token of the new key: {status:?}"));
+    }
+    spread(
+        &deployment.storage,
+        "/storage.v1.StorageService/PutFile",
+        14,
+    )
+    .await;
 }

@@ -33,10 +33,7 @@ pub(crate) struct Target {
 impl Target {
     /// Every URL of a comma-separated setting; at least one.
     pub fn parse_list(name: &'static str, urls: &str) -> Result<Vec<Self>, BadUpstreamUrl> {
-        let targets = urls
-            .split(',')
-            .map(str::trim)
-            .filter(|url| !url.is_empty())
+        let targets = strongbox_common::config::url_list(urls)
             .map(|url| Self::parse(name, url))
             .collect::<Result<Vec<_>, _>>()?;
         if targets.is_empty() {

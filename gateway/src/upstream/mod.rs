@@ -350,10 +350,19 @@ impl Upstream {
     }
 }
 
-/// Key fetches go to any answering auth-service replica.
+/// Key fetches go to the answering auth-service replicas, the less busy of two first.
 impl KeyChannel for Upstream {
-    fn channel(&self) -> Result<Channel, Status> {
-        Upstream::channel(self, &[], |replica| &replica.control).map(|(_, channel)| channel)
+    fn channels(&self) -> Result<Vec<Channel>, Status> {
+        let (mut tried, mut channels) = (Vec::new(), Vec::new());
+        while let Ok((addr, channel)) = Upstream::channel(self, &tried, |replica| &replica.control)
+        {
+            tried.push(addr);
+            channels.push(channel);
+        }
+        if channels.is_empty() {
+            return Err(self.none_answering());
+        }
+        Ok(channels)
     }
 }
 
