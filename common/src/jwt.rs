@@ -467,6 +467,24 @@ mod tests {
         }
     }
 
+    /// A [`CountingKeys`] server on a loopback port: a channel to it, its count of
+    /// `GetPublicKeys` calls, and its task.
+    async fn counting_keys() -> (Channel, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let channel = lazy_channel(&listener).await;
+        let service = CountingKeys::default();
+        let calls = service.calls.clone();
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let server = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(AuthServiceServer::new(service))
+                .serve_with_incoming(incoming)
+                .await
+                .unwrap();
+        });
+        (channel, calls, server)
+    }
+
     async fn lazy_channel(listener: &tokio::net::TcpListener) -> Channel {
         let addr = listener.local_addr().unwrap();
         tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -499,16 +517,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_burst_of_forged_kids_costs_one_key_fetch_per_interval() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let channel = lazy_channel(&listener).await;
-        let service = CountingKeys::default();
-        let calls = service.calls.clone();
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(AuthServiceServer::new(service))
-                .serve_with_incoming(incoming),
-        );
+        let (channel, calls, server) = counting_keys().await;
 
         let verifier = Verifier::from_auth_service(channel);
         let burst = (0..200).map(|n| {
@@ -532,16 +541,7 @@ mod tests {
         let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gone_channel = lazy_channel(&gone).await;
         drop(gone);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let channel = lazy_channel(&listener).await;
-        let service = CountingKeys::default();
-        let calls = service.calls.clone();
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(AuthServiceServer::new(service))
-                .serve_with_incoming(incoming),
-        );
+        let (channel, calls, server) = counting_keys().await;
 
         let replicas = KeyChannels::new(vec![gone_channel, channel]);
         let verifier = Verifier::from_auth_service(replicas);
