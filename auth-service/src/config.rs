@@ -44,7 +44,7 @@ pub struct Config {
 
     /// The accounts database: sqlite://FILE, or postgres://USER:PASSWORD@HOST/DB to share
     /// one among replicas [default: sqlite://<DATA_DIR>/auth.db].
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
     /// PEM (PKCS#8) Ed25519 private key that signs access tokens; generated on first

@@ -7,6 +7,10 @@ fn help_lists_every_environment_variable() {
     let output = Command::new(env!("CARGO_BIN_EXE_auth-service"))
         .arg("--help")
         .env("JWT_SECRET", "a-secret-that-must-never-be-printed-anywhere")
+        .env(
+            "DATABASE_URL",
+            "postgres://strongbox:a-database-password-never-printed@db/auth",
+        )
         .output()
         .unwrap();
     assert!(output.status.success());
@@ -34,6 +38,10 @@ fn help_lists_every_environment_variable() {
     assert!(
         !help.contains("a-secret-that-must-never-be-printed"),
         "--help printed JWT_SECRET"
+    );
+    assert!(
+        !help.contains("a-database-password-never-printed"),
+        "--help printed DATABASE_URL, password and all"
     );
 }
 
