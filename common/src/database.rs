@@ -13,18 +13,23 @@
 //!
 //! Check-then-act rules (count failures then record one, find a token live then spend
 //! it) run in a [`Backend::begin_write`] transaction: `BEGIN IMMEDIATE` on SQLite, which
-//! takes the one write lock up front; on PostgreSQL a transaction-scoped advisory lock
+//! takes the one write lock up front (the process's own writers queue for it first);
+//! on PostgreSQL a transaction-scoped advisory lock
 //! on the rule's key, so replicas sharing the database take turns exactly as SQLite's
 //! writers do, and rules on other keys run side by side.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, LazyLock, Mutex as StdMutex, PoisonError};
 use std::time::Duration;
 
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
+use tokio::sync::OwnedMutexGuard;
 use tonic::Status;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -108,7 +113,7 @@ pub trait Backend {
     fn begin_write(
         &self,
         key: &str,
-    ) -> impl Future<Output = Result<Transaction<'static, Self::Database>, sqlx::Error>> + Send;
+    ) -> impl Future<Output = Result<WriteTransaction<Self::Database>, sqlx::Error>> + Send;
 
     /// The text of a query whose SQL differs between the databases.
     fn pick(&self, sqlite: &'static str, postgres: &'static str) -> &'static str;
@@ -120,8 +125,19 @@ pub trait Backend {
 impl Backend for SqlitePool {
     type Database = Sqlite;
 
-    async fn begin_write(&self, _key: &str) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
-        self.begin_with("BEGIN IMMEDIATE").await
+    async fn begin_write(&self, _key: &str) -> Result<WriteTransaction<Sqlite>, sqlx::Error> {
+        // This process's writers take turns here rather than in SQLite's busy handler,
+        // which sleeps a waiting writer in steps of up to 100 ms instead of waking it
+        // when the lock frees. Other processes on the file still meet the busy handler.
+        let queue = writer_queue(self);
+        let turn = tokio::time::timeout(BUSY_TIMEOUT, queue.lock_owned())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?;
+        let tx = self.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(WriteTransaction {
+            tx,
+            _turn: Some(turn),
+        })
     }
 
     fn pick(&self, sqlite: &'static str, _postgres: &'static str) -> &'static str {
@@ -136,14 +152,14 @@ impl Backend for SqlitePool {
 impl Backend for PgPool {
     type Database = Postgres;
 
-    async fn begin_write(&self, key: &str) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    async fn begin_write(&self, key: &str) -> Result<WriteTransaction<Postgres>, sqlx::Error> {
         let mut tx = self.begin().await?;
         // `hashtext` is the server's own: every replica maps a key to the same lock.
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
             .bind(key)
             .execute(&mut *tx)
             .await?;
-        Ok(tx)
+        Ok(WriteTransaction { tx, _turn: None })
     }
 
     fn pick(&self, _sqlite: &'static str, postgres: &'static str) -> &'static str {
@@ -153,6 +169,48 @@ impl Backend for PgPool {
     fn migrator<'m>(&self, migrations: &'m Migrations) -> &'m Migrator {
         &migrations.postgres
     }
+}
+
+/// A transaction begun by [`Backend::begin_write`]. It derefs to its connection, as
+/// sqlx's `Transaction` does, and rolls back if dropped before [`Self::commit`].
+pub struct WriteTransaction<DB: sqlx::Database> {
+    tx: Transaction<'static, DB>,
+    /// SQLite: this process's turn at the database's write lock, held to the end.
+    _turn: Option<OwnedMutexGuard<()>>,
+}
+
+impl<DB: sqlx::Database> WriteTransaction<DB> {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl<DB: sqlx::Database> Deref for WriteTransaction<DB> {
+    type Target = DB::Connection;
+
+    fn deref(&self) -> &DB::Connection {
+        &self.tx
+    }
+}
+
+impl<DB: sqlx::Database> DerefMut for WriteTransaction<DB> {
+    fn deref_mut(&mut self) -> &mut DB::Connection {
+        &mut self.tx
+    }
+}
+
+/// The queue this process's writers to one SQLite file wait in: one per file, so every
+/// pool on it (a service has one; tests may open several) shares it.
+fn writer_queue(pool: &SqlitePool) -> Arc<tokio::sync::Mutex<()>> {
+    static QUEUES: LazyLock<StdMutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>> =
+        LazyLock::new(Default::default);
+    let file = pool.connect_options().get_filename().to_owned();
+    QUEUES
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(file)
+        .or_default()
+        .clone()
 }
 
 /// Opens (creating if missing) the SQLite database at `url`.
