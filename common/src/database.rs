@@ -13,10 +13,10 @@
 //!
 //! Check-then-act rules (count failures then record one, find a token live then spend
 //! it) run in a [`Backend::begin_write`] transaction: `BEGIN IMMEDIATE` on SQLite, which
-//! takes the one write lock up front (the process's own writers queue for it first);
-//! on PostgreSQL a transaction-scoped advisory lock
-//! on the rule's key, so replicas sharing the database take turns exactly as SQLite's
-//! writers do, and rules on other keys run side by side.
+//! takes the one write lock up front (the process's own writers queue for it first); on
+//! PostgreSQL a transaction-scoped advisory lock on the rule's key, so replicas sharing
+//! the database take turns exactly as SQLite's writers do, and rules on other keys run
+//! side by side.
 
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};

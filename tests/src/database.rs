@@ -31,21 +31,8 @@ impl Database {
 
     /// A new, empty PostgreSQL database on the test server.
     pub async fn postgres() -> Self {
-        let server = server_url().await;
-        let name = format!("strongbox_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect(server)
-            .await
-            .unwrap_or_else(|err| panic!("connecting to the test PostgreSQL server: {err}"));
-        // A generated name, not input: nothing to escape.
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .unwrap_or_else(|err| panic!("CREATE DATABASE {name}: {err}"));
-        admin.close().await.ok();
-        let mut url = url::Url::parse(server).expect("a PostgreSQL URL");
-        url.set_path(&name);
         Self::Postgres {
-            url: url.to_string(),
+            url: new_postgres_database().await,
         }
     }
 
@@ -56,6 +43,24 @@ impl Database {
             Self::Postgres { url } => Some(url.clone()),
         }
     }
+}
+
+/// Creates a new, empty database on the test PostgreSQL server and returns its URL.
+pub async fn new_postgres_database() -> String {
+    let server = server_url().await;
+    let name = format!("strongbox_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(server)
+        .await
+        .unwrap_or_else(|err| panic!("connecting to the test PostgreSQL server: {err}"));
+    // A generated name, not input: nothing to escape.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap_or_else(|err| panic!("CREATE DATABASE {name}: {err}"));
+    admin.close().await.ok();
+    let mut url = url::Url::parse(server).expect("a PostgreSQL URL");
+    url.set_path(&name);
+    url.to_string()
 }
 
 async fn server_url() -> &'static str {

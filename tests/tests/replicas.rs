@@ -21,7 +21,7 @@ use strongbox_proto::storage::v1::ListFilesRequest;
 use strongbox_proto::storage::v1::storage_service_client::StorageServiceClient;
 use strongbox_tests::Scratch;
 use strongbox_tests::auth::{new_account, with_bearer};
-use strongbox_tests::database::Database;
+use strongbox_tests::database::new_postgres_database;
 use strongbox_tests::metrics::Scrape;
 use strongbox_tests::process::ServiceProcess;
 use strongbox_tests::storage::{User, metadata, pseudo_random};
@@ -377,9 +377,7 @@ async fn a_call_that_never_reached_a_dead_replica_is_retried_and_with_none_left_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_replicas_on_one_postgresql_rotate_a_token_once_and_throttle_together() {
-    let Some(url) = Database::postgres().await.url() else {
-        unreachable!("a PostgreSQL database has a URL")
-    };
+    let url = new_postgres_database().await;
     let deployment = Deployment::start_with_auth(
         1,
         &[

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use strongbox_proto::auth::v1::auth_service_client::AuthServiceClient;
 use strongbox_proto::auth::v1::{MeRequest, RefreshRequest};
-use strongbox_tests::auth::with_bearer;
+use strongbox_tests::auth::{new_account, with_bearer};
 use tonic::transport::Channel;
 
-use crate::system::{self, BCRYPT_COST, PASSWORD, System, login};
+use crate::system::{BCRYPT_COST, PASSWORD, System, login};
 
 pub struct AuthNumbers {
     pub cores: usize,
@@ -119,7 +119,9 @@ pub async fn measure(system: &System, quick: bool) -> AuthNumbers {
     let refresh_16 = refresh(&client, &emails, 16, window).await;
     let on_postgres = system.auth_on_postgres().await;
     let postgres_client = AuthServiceClient::new(on_postgres.channel());
-    let postgres_token = system::user_on(&postgres_client, &emails[0]).await;
+    let postgres_token = new_account(on_postgres.channel(), &emails[0], PASSWORD)
+        .await
+        .access_token;
     let me_16_postgres = me(&postgres_client, &postgres_token, 16, window).await;
     let refresh_16_postgres = refresh(&postgres_client, &emails[..1], 16, window).await;
     on_postgres.stop().await;

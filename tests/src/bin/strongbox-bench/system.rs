@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 
 use object_store::aws::AmazonS3Builder;
 use object_store::{ClientOptions, ObjectStore};
+use strongbox_proto::auth::v1::LoginRequest;
 use strongbox_proto::auth::v1::auth_service_client::AuthServiceClient;
-use strongbox_proto::auth::v1::{LoginRequest, RegisterRequest};
 use strongbox_tests::Scratch;
-use strongbox_tests::database::Database;
+use strongbox_tests::auth::new_account;
+use strongbox_tests::database::new_postgres_database;
 use strongbox_tests::process::{Profile, ServiceProcess, workspace_binary_in};
 use strongbox_tests::s3::{ACCESS_KEY, SECRET_KEY, TestS3};
 use strongbox_tests::storage::BUCKET;
@@ -157,16 +158,16 @@ impl System {
 
     /// Registers `email` and returns an access token.
     pub async fn user(&self, email: &str) -> String {
-        user_on(&self.auth_client(), email).await
+        new_account(self.auth.channel(), email, PASSWORD)
+            .await
+            .access_token
     }
 
     /// A second auth-service with the same settings, its accounts in a new database on
     /// the PostgreSQL server the test suites use (`strongbox_tests::database`).
     pub async fn auth_on_postgres(&self) -> Service {
         let url = free_url();
-        let Some(database_url) = Database::postgres().await.url() else {
-            unreachable!("a PostgreSQL database has a URL")
-        };
+        let database_url = new_postgres_database().await;
         let mut environment = self.auth.environment.clone();
         environment.insert(
             "AUTH_LISTEN".into(),
@@ -209,24 +210,6 @@ const SLOW_S3_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600)
 pub const PASSWORD: &str = "a benchmark password";
 /// The cost auth-service hashes at here, and the bound is timed at.
 pub const BCRYPT_COST: u32 = 12;
-
-/// Registers `email` through `auth` and returns an access token.
-pub async fn user_on(auth: &AuthServiceClient<Channel>, email: &str) -> String {
-    let mut auth = auth.clone();
-    auth.register(RegisterRequest {
-        email: email.to_owned(),
-        password: PASSWORD.to_owned(),
-    })
-    .await
-    .expect("register");
-    auth.login(login(email))
-        .await
-        .expect("login")
-        .into_inner()
-        .tokens
-        .expect("tokens")
-        .access_token
-}
 
 pub fn login(email: &str) -> LoginRequest {
     LoginRequest {
