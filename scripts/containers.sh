@@ -154,6 +154,18 @@ build_binaries() {
     cargo build --quiet --release "${args[@]}" || fail "the release build failed"
 }
 
+# The images hold the release binaries twice over (context, then layers) beside the
+# base image: ~1.5 GB. Say so plainly rather than fail deep inside podman's copier.
+require_space() {
+    local dir free_mib need_mib=3072
+    for dir in /var/lib/containers "$work"; do
+        mkdir -p "$dir"
+        free_mib=$(df --output=avail -m "$dir" | tail -n 1 | tr -d ' ')
+        [ "$free_mib" -ge "$need_mib" ] ||
+            fail "$dir has $free_mib MiB free; building the images needs $need_mib MiB (a stale target/ is the usual cause: cargo clean)"
+    done
+}
+
 # The build context holds the binaries only: the repository's target/ is tens of GB.
 build_images() {
     local context=$work/context binary target
@@ -495,6 +507,7 @@ build_base_image
 phase "release binaries"
 build_binaries
 phase "images"
+require_space
 build_images
 phase "up"
 topology_started=true
