@@ -51,9 +51,10 @@ pub struct Config {
     #[command(flatten)]
     pub data: DataDirArgs,
 
-    /// SQLite database of the file index and upload sessions
+    /// Database of the file index and upload sessions: sqlite://FILE, or
+    /// postgres://USER:PASSWORD@HOST/DB for replicas sharing one
     /// [default: sqlite://<DATA_DIR>/storage.db].
-    #[arg(long, env = "STORAGE_DATABASE_URL")]
+    #[arg(long, env = "STORAGE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
     /// Directory of the local object store, used when STORAGE_ENDPOINT is not set

@@ -85,6 +85,13 @@ impl Storage {
                 "filename is longer than {MAX_FILENAME_BYTES} bytes"
             )));
         }
+        // No file system allows it, and PostgreSQL's text cannot hold it: refused
+        // alike on every database rather than stored on one and not another.
+        if metadata.filename.contains('\0') {
+            return Err(StorageError::InvalidArgument(
+                "filename contains a NUL character (U+0000); rename the file without it".into(),
+            ));
+        }
         let content_type = ContentType::parse(&metadata.content_type)?;
         self.policy.check_content_type(&content_type)?;
         self.policy.check_declared_size(metadata.size)?;
@@ -413,6 +420,9 @@ fn parse_page_token(token: &str) -> Result<Cursor, StorageError> {
     let decoded = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
     let text = String::from_utf8(decoded).map_err(|_| invalid())?;
     let (created_at, key) = text.split_once(':').ok_or_else(invalid)?;
+    if key.chars().any(char::is_control) {
+        return Err(invalid());
+    }
     Ok(Cursor {
         created_at: created_at.parse().map_err(|_| invalid())?,
         key: key.to_owned(),

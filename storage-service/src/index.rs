@@ -1,12 +1,19 @@
-//! The file index and the resumable-session table, in SQLite.
+//! The file index and the resumable-session table, in SQLite or PostgreSQL (one query
+//! text, run on either native pool by `on_pool!`).
 //!
 //! The object store holds bytes; this index says which objects are files, whose they
 //! are and what they were called. A file row is written only after its object is
 //! complete, and every query is scoped by user id, so another user's key is simply
 //! "not found".
+//!
+//! Quota rules (count a user's usage, then admit or record) run in write transactions
+//! under the user's lock ([`Backend::begin_write`]): on PostgreSQL an advisory lock per
+//! user, so replicas sharing the database admit exactly as one process does, and
+//! different users never wait for each other.
 
-use sqlx::{FromRow, SqlitePool};
-use strongbox_common::database;
+use sqlx::FromRow;
+use strongbox_common::database::{Backend, Migrations, Pool};
+use strongbox_common::on_pool;
 use uuid::Uuid;
 
 use crate::error::StorageError;
@@ -56,26 +63,36 @@ pub struct Cursor {
     pub key: String,
 }
 
+static MIGRATIONS: Migrations = Migrations {
+    sqlite: sqlx::migrate!("./migrations/sqlite"),
+    postgres: sqlx::migrate!("./migrations/postgres"),
+};
+
 #[derive(Clone)]
 pub struct Index {
-    pool: SqlitePool,
-    /// This process, as the holder of the in-flight rows it renews (see `usage.rs`).
+    pool: Pool,
+    /// This replica, as the holder of the in-flight rows it renews (see `usage.rs`) and
+    /// of the multipart uploads it starts.
     holder: std::sync::Arc<str>,
 }
 
 impl Index {
-    pub async fn open(url: &str) -> Result<Self, StorageError> {
-        let pool = database::open_sqlite(url)
+    /// Opens the index at `url` for the replica `holder` (see [`Index::holder`]).
+    pub async fn open(url: &str, holder: &str) -> Result<Self, StorageError> {
+        let pool = Pool::open(url, &MIGRATIONS)
             .await
             .map_err(|err| StorageError::Internal(err.to_string()))?;
-        sqlx::migrate!("./migrations")
-            .run(&pool)
-            .await
-            .map_err(|err| StorageError::Internal(format!("database migration failed: {err}")))?;
         Ok(Self {
             pool,
-            holder: Uuid::new_v4().to_string().into(),
+            holder: holder.into(),
         })
+    }
+
+    /// How a replica names itself in the rows of what it is receiving: `host` and
+    /// listen `address`, which no other live process has and a replica restarted in
+    /// its place has again, so the newcomer knows those rows' process is gone.
+    pub fn holder(host: &str, address: std::net::SocketAddr) -> String {
+        format!("{host}/{address}")
     }
 
     pub async fn close(&self) {
@@ -83,21 +100,25 @@ impl Index {
     }
 
     pub async fn file(&self, user: Uuid, key: &ObjectKey) -> Result<FileRow, StorageError> {
-        sqlx::query_as("SELECT * FROM files WHERE key = ? AND user_id = ?")
-            .bind(key.as_str())
-            .bind(user.to_string())
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(StorageError::NotFound("no file with this key"))
+        let row: Option<FileRow> = on_pool!(&self.pool, pool => {
+            sqlx::query_as("SELECT * FROM files WHERE key = $1 AND user_id = $2")
+                .bind(key.as_str())
+                .bind(user.to_string())
+                .fetch_optional(pool)
+                .await?
+        });
+        row.ok_or(StorageError::NotFound("no file with this key"))
     }
 
     /// A file by key alone, for signed links (whose signature already proved access).
     pub async fn file_by_key(&self, key: &str) -> Result<FileRow, StorageError> {
-        sqlx::query_as("SELECT * FROM files WHERE key = ?")
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(StorageError::NotFound("no file with this key"))
+        let row: Option<FileRow> = on_pool!(&self.pool, pool => {
+            sqlx::query_as("SELECT * FROM files WHERE key = $1")
+                .bind(key)
+                .fetch_optional(pool)
+                .await?
+        });
+        row.ok_or(StorageError::NotFound("no file with this key"))
     }
 
     /// Up to `limit` files of `user`, newest first, after `cursor`.
@@ -107,41 +128,46 @@ impl Index {
         cursor: Option<&Cursor>,
         limit: u32,
     ) -> Result<Vec<FileRow>, StorageError> {
-        let rows = match cursor {
+        let limit = i64::from(limit);
+        let rows = on_pool!(&self.pool, pool => match cursor {
             None => {
                 sqlx::query_as(
-                    "SELECT * FROM files WHERE user_id = ? ORDER BY created_at DESC, key DESC LIMIT ?",
+                    "SELECT * FROM files WHERE user_id = $1
+                     ORDER BY created_at DESC, key DESC LIMIT $2",
                 )
                 .bind(user.to_string())
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(pool)
                 .await?
             }
             Some(cursor) => {
                 sqlx::query_as(
-                    "SELECT * FROM files WHERE user_id = ? AND (created_at < ? OR (created_at = ? AND key < ?))
-                     ORDER BY created_at DESC, key DESC LIMIT ?",
+                    "SELECT * FROM files
+                     WHERE user_id = $1 AND (created_at < $2 OR (created_at = $2 AND key < $3))
+                     ORDER BY created_at DESC, key DESC LIMIT $4",
                 )
                 .bind(user.to_string())
                 .bind(cursor.created_at)
-                .bind(cursor.created_at)
                 .bind(&cursor.key)
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(pool)
                 .await?
             }
-        };
+        });
         Ok(rows)
     }
 
     /// Removes a file's row; returns whether it existed.
     pub async fn delete_file(&self, user: Uuid, key: &ObjectKey) -> Result<bool, StorageError> {
-        let result = sqlx::query("DELETE FROM files WHERE key = ? AND user_id = ?")
-            .bind(key.as_str())
-            .bind(user.to_string())
-            .execute(&self.pool)
-            .await?;
-        Ok(result.rows_affected() > 0)
+        let deleted = on_pool!(&self.pool, pool => {
+            sqlx::query("DELETE FROM files WHERE key = $1 AND user_id = $2")
+                .bind(key.as_str())
+                .bind(user.to_string())
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(deleted > 0)
     }
 
     /// Records a new session if its user may open one (see [`Limits::admit`]): the
@@ -152,49 +178,55 @@ impl Index {
         limits: &Limits,
     ) -> Result<(), StorageError> {
         let user = parse_user(&session.user_id)?;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let usage = locked_usage(&mut tx, user, session.created_at, None).await?;
-        limits.admit(
-            &usage,
-            Admission::Session {
-                bytes: session.reserved as u64,
-            },
-        )?;
-        sqlx::query(
-            "INSERT INTO upload_sessions (id, user_id, key, filename, content_type, declared_size,
-                 declared_sha256, received, reserved, state, created_at, expires_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, 'open', ?, ?)",
-        )
-        .bind(&session.id)
-        .bind(&session.user_id)
-        .bind(&session.key)
-        .bind(&session.filename)
-        .bind(&session.content_type)
-        .bind(session.declared_size)
-        .bind(&session.declared_sha256)
-        .bind(session.reserved)
-        .bind(session.created_at)
-        .bind(session.expires_at)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        on_pool!(&self.pool, pool => {
+            let mut tx = pool.begin_write(&usage_lock(user)).await?;
+            let usage = tx.locked_usage(user, session.created_at, None).await?;
+            limits.admit(
+                &usage,
+                Admission::Session {
+                    bytes: session.reserved as u64,
+                },
+            )?;
+            sqlx::query(
+                "INSERT INTO upload_sessions (id, user_id, key, filename, content_type,
+                     declared_size, declared_sha256, received, reserved, state, created_at,
+                     expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, 'open', $9, $10)",
+            )
+            .bind(&session.id)
+            .bind(&session.user_id)
+            .bind(&session.key)
+            .bind(&session.filename)
+            .bind(&session.content_type)
+            .bind(session.declared_size)
+            .bind(&session.declared_sha256)
+            .bind(session.reserved)
+            .bind(session.created_at)
+            .bind(session.expires_at)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        });
         Ok(())
     }
 
     /// Resumable sessions still open, of all users.
     pub async fn open_sessions(&self, now_ms: i64) -> Result<u64, StorageError> {
-        let (open,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM upload_sessions WHERE expires_at > ?")
+        let (open,): (i64,) = on_pool!(&self.pool, pool => {
+            sqlx::query_as("SELECT COUNT(*) FROM upload_sessions WHERE expires_at > $1")
                 .bind(now_ms)
-                .fetch_one(&self.pool)
-                .await?;
+                .fetch_one(pool)
+                .await?
+        });
         Ok(u64::try_from(open).unwrap_or(0))
     }
 
     /// What `user` stores and has in progress now.
     pub async fn usage(&self, user: Uuid, now_ms: i64) -> Result<Usage, StorageError> {
-        let mut connection = self.pool.acquire().await?;
-        count_usage(&mut connection, user, now_ms, None).await
+        on_pool!(&self.pool, pool => {
+            let mut connection = pool.acquire().await?;
+            connection.count_usage(user, now_ms, None).await
+        })
     }
 
     /// Puts a new stream or PutFile of `bytes` (so far) on record, if its user may start
@@ -207,12 +239,14 @@ impl Index {
     ) -> Result<InFlight, StorageError> {
         let id = Uuid::new_v4();
         let now = crate::files::now_ms();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let usage = locked_usage(&mut tx, user, now, None).await?;
-        limits.admit(&usage, Admission::File { bytes })?;
-        self.insert_in_flight(&mut tx, id, user, "file", bytes, now)
-            .await?;
-        tx.commit().await?;
+        let row = self.in_flight_row(id, user, "file", bytes, now)?;
+        on_pool!(&self.pool, pool => {
+            let mut tx = pool.begin_write(&usage_lock(user)).await?;
+            let usage = tx.locked_usage(user, now, None).await?;
+            limits.admit(&usage, Admission::File { bytes })?;
+            tx.insert_in_flight(&row).await?;
+            tx.commit().await?;
+        });
         Ok(InFlight::new(self.clone(), id, user, *limits, bytes))
     }
 
@@ -228,54 +262,50 @@ impl Index {
     ) -> Result<InFlight, StorageError> {
         let id = Uuid::new_v4();
         let now = crate::files::now_ms();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let usage = locked_usage(&mut tx, user, now, None).await?;
-        let (reserved,): (i64,) =
-            sqlx::query_as("SELECT reserved FROM upload_sessions WHERE id = ? AND user_id = ?")
-                .bind(session.to_string())
-                .bind(user.to_string())
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or(StorageError::NotFound(
-                    "no upload session with this id (it may have expired or been completed); start a new upload",
-                ))?;
-        let more = end.saturating_sub(reserved as u64);
-        limits.admit(&usage, Admission::Chunk { bytes: more })?;
-        if more > 0 {
-            sqlx::query("UPDATE upload_sessions SET reserved = ? WHERE id = ?")
-                .bind(to_sql(end)?)
-                .bind(session.to_string())
-                .execute(&mut *tx)
-                .await?;
-        }
-        self.insert_in_flight(&mut tx, id, user, "chunk", 0, now)
-            .await?;
-        tx.commit().await?;
+        let row = self.in_flight_row(id, user, "chunk", 0, now)?;
+        on_pool!(&self.pool, pool => {
+            let mut tx = pool.begin_write(&usage_lock(user)).await?;
+            let usage = tx.locked_usage(user, now, None).await?;
+            let reserved: Option<(i64,)> =
+                sqlx::query_as("SELECT reserved FROM upload_sessions WHERE id = $1 AND user_id = $2")
+                    .bind(session.to_string())
+                    .bind(user.to_string())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let (reserved,) = reserved.ok_or(StorageError::NotFound(
+                "no upload session with this id (it may have expired or been completed); start a new upload",
+            ))?;
+            let more = end.saturating_sub(reserved as u64);
+            limits.admit(&usage, Admission::Chunk { bytes: more })?;
+            if more > 0 {
+                sqlx::query("UPDATE upload_sessions SET reserved = $1 WHERE id = $2")
+                    .bind(to_sql(end)?)
+                    .bind(session.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.insert_in_flight(&row).await?;
+            tx.commit().await?;
+        });
         Ok(InFlight::new(self.clone(), id, user, *limits, 0))
     }
 
-    async fn insert_in_flight(
+    fn in_flight_row(
         &self,
-        tx: &mut sqlx::SqliteConnection,
         id: Uuid,
         user: Uuid,
-        kind: &str,
+        kind: &'static str,
         bytes: u64,
         now_ms: i64,
-    ) -> Result<(), StorageError> {
-        sqlx::query(
-            "INSERT INTO uploads_in_flight (id, user_id, kind, bytes, holder, expires_at)
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(id.to_string())
-        .bind(user.to_string())
-        .bind(kind)
-        .bind(to_sql(bytes)?)
-        .bind(&*self.holder)
-        .bind(now_ms + LEASE.as_millis() as i64)
-        .execute(tx)
-        .await?;
-        Ok(())
+    ) -> Result<InFlightRow, StorageError> {
+        Ok(InFlightRow {
+            id: id.to_string(),
+            user_id: user.to_string(),
+            kind,
+            bytes: to_sql(bytes)?,
+            holder: self.holder.clone(),
+            expires_at: now_ms + LEASE.as_millis() as i64,
+        })
     }
 
     /// Puts `received` bytes of an upload on record if they fit in the quota beside
@@ -292,44 +322,55 @@ impl Index {
         wanted: u64,
     ) -> Result<u64, StorageError> {
         let now = crate::files::now_ms();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let others = locked_usage(&mut tx, user, now, Some(id)).await?;
-        limits.check_bytes(&others, received)?;
-        sqlx::query("UPDATE uploads_in_flight SET bytes = ? WHERE id = ?")
-            .bind(to_sql(received)?)
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        let others = on_pool!(&self.pool, pool => {
+            let mut tx = pool.begin_write(&usage_lock(user)).await?;
+            let others = tx.locked_usage(user, now, Some(id)).await?;
+            limits.check_bytes(&others, received)?;
+            sqlx::query("UPDATE uploads_in_flight SET bytes = $1 WHERE id = $2")
+                .bind(to_sql(received)?)
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            others
+        });
         Ok(wanted.min(limits.room_beside(&others)).max(received))
     }
 
     /// Takes an upload off the record, giving back its reservation.
     pub async fn end_in_flight(&self, id: Uuid) -> Result<(), StorageError> {
-        sqlx::query("DELETE FROM uploads_in_flight WHERE id = ?")
-            .bind(id.to_string())
-            .execute(&self.pool)
-            .await?;
+        on_pool!(&self.pool, pool => {
+            sqlx::query("DELETE FROM uploads_in_flight WHERE id = $1")
+                .bind(id.to_string())
+                .execute(pool)
+                .await?;
+        });
         Ok(())
     }
 
     /// Keeps the uploads this process is receiving on record for another [`LEASE`].
     pub async fn renew_leases(&self) -> Result<(), StorageError> {
-        sqlx::query("UPDATE uploads_in_flight SET expires_at = ? WHERE holder = ?")
-            .bind(crate::files::now_ms() + LEASE.as_millis() as i64)
-            .bind(&*self.holder)
-            .execute(&self.pool)
-            .await?;
+        let expires_at = crate::files::now_ms() + LEASE.as_millis() as i64;
+        on_pool!(&self.pool, pool => {
+            sqlx::query("UPDATE uploads_in_flight SET expires_at = $1 WHERE holder = $2")
+                .bind(expires_at)
+                .bind(&*self.holder)
+                .execute(pool)
+                .await?;
+        });
         Ok(())
     }
 
     /// Drops the rows of uploads whose process stopped renewing them (it died).
     pub async fn sweep_expired_leases(&self) -> Result<u64, StorageError> {
-        let result = sqlx::query("DELETE FROM uploads_in_flight WHERE expires_at <= ?")
-            .bind(crate::files::now_ms())
-            .execute(&self.pool)
-            .await?;
-        Ok(result.rows_affected())
+        let now = crate::files::now_ms();
+        Ok(on_pool!(&self.pool, pool => {
+            sqlx::query("DELETE FROM uploads_in_flight WHERE expires_at <= $1")
+                .bind(now)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        }))
     }
 
     /// Writes the row of a file received by `upload`, whose reservation it takes over
@@ -341,22 +382,33 @@ impl Index {
         upload: InFlight,
     ) -> Result<(), StorageError> {
         let now = crate::files::now_ms();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let others = locked_usage(&mut tx, upload.user, now, Some(upload.id)).await?;
         let size = u64::try_from(file.size).unwrap_or(0);
-        if let Err(over) = upload.limits.check_bytes(&others, size) {
-            drop(tx);
-            upload.end().await;
-            return Err(over);
+        let fits = on_pool!(&self.pool, pool => {
+            let mut tx = pool.begin_write(&usage_lock(upload.user)).await?;
+            let others = tx.locked_usage(upload.user, now, Some(upload.id)).await?;
+            match upload.limits.check_bytes(&others, size) {
+                Err(over) => Err(over),
+                Ok(()) => {
+                    tx.insert_file(file).await?;
+                    sqlx::query("DELETE FROM uploads_in_flight WHERE id = $1")
+                        .bind(upload.id.to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+            }
+        });
+        match fits {
+            Ok(()) => {
+                upload.taken_over();
+                Ok(())
+            }
+            Err(over) => {
+                upload.end().await;
+                Err(over)
+            }
         }
-        insert_file(&mut tx, file).await?;
-        sqlx::query("DELETE FROM uploads_in_flight WHERE id = ?")
-            .bind(upload.id.to_string())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        upload.taken_over();
-        Ok(())
     }
 
     /// A live session of `user`; unknown, foreign and expired ones are all "not found".
@@ -366,15 +418,19 @@ impl Index {
         id: UploadId,
         now_ms: i64,
     ) -> Result<SessionRow, StorageError> {
-        sqlx::query_as("SELECT * FROM upload_sessions WHERE id = ? AND user_id = ? AND expires_at > ?")
+        let row: Option<SessionRow> = on_pool!(&self.pool, pool => {
+            sqlx::query_as(
+                "SELECT * FROM upload_sessions WHERE id = $1 AND user_id = $2 AND expires_at > $3",
+            )
             .bind(id.to_string())
             .bind(user.to_string())
             .bind(now_ms)
-            .fetch_optional(&self.pool)
+            .fetch_optional(pool)
             .await?
-            .ok_or(StorageError::NotFound(
-                "no upload session with this id (it may have expired or been completed); start a new upload",
-            ))
+        });
+        row.ok_or(StorageError::NotFound(
+            "no upload session with this id (it may have expired or been completed); start a new upload",
+        ))
     }
 
     /// Records a chunk at `start` (with its part's ETag on S3) if the session still ends
@@ -387,114 +443,166 @@ impl Index {
         length: i64,
         etag: Option<&str>,
     ) -> Result<Option<i64>, StorageError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let advanced = sqlx::query(
-            "UPDATE upload_sessions SET received = received + ? WHERE id = ? AND received = ? AND state = 'open'",
-        )
-        .bind(length)
-        .bind(id.to_string())
-        .bind(start)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if advanced == 0 {
-            return Ok(None);
-        }
-        sqlx::query(
-            "INSERT INTO upload_chunks (session_id, start, length, etag) VALUES (?, ?, ?, ?)",
-        )
-        .bind(id.to_string())
-        .bind(start)
-        .bind(length)
-        .bind(etag)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        on_pool!(&self.pool, pool => {
+            let mut tx = pool.begin_write(&format!("session:{id}")).await?;
+            let advanced = sqlx::query(
+                "UPDATE upload_sessions SET received = received + $1
+                 WHERE id = $2 AND received = $3 AND state = 'open'",
+            )
+            .bind(length)
+            .bind(id.to_string())
+            .bind(start)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if advanced == 0 {
+                return Ok(None);
+            }
+            sqlx::query(
+                "INSERT INTO upload_chunks (session_id, start, length, etag) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(id.to_string())
+            .bind(start)
+            .bind(length)
+            .bind(etag)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        });
         Ok(Some(start + length))
     }
 
     /// The chunks of a session, in order.
     pub async fn chunks(&self, id: UploadId) -> Result<Vec<ChunkRow>, StorageError> {
-        Ok(sqlx::query_as(
-            "SELECT start, length, etag FROM upload_chunks WHERE session_id = ? ORDER BY start",
-        )
-        .bind(id.to_string())
-        .fetch_all(&self.pool)
-        .await?)
+        Ok(on_pool!(&self.pool, pool => {
+            sqlx::query_as(
+                "SELECT start, length, etag FROM upload_chunks WHERE session_id = $1 ORDER BY start",
+            )
+            .bind(id.to_string())
+            .fetch_all(pool)
+            .await?
+        }))
     }
 
     /// How many chunks a session has, and the length of its last one.
     pub async fn chunk_tail(&self, id: UploadId) -> Result<(i64, Option<i64>), StorageError> {
-        Ok(sqlx::query_as(
-            "SELECT COUNT(*),
-                    (SELECT length FROM upload_chunks WHERE session_id = ?1 ORDER BY start DESC LIMIT 1)
-             FROM upload_chunks WHERE session_id = ?1",
-        )
-        .bind(id.to_string())
-        .fetch_one(&self.pool)
-        .await?)
+        Ok(on_pool!(&self.pool, pool => {
+            sqlx::query_as(
+                "SELECT COUNT(*),
+                        (SELECT length FROM upload_chunks WHERE session_id = $1
+                         ORDER BY start DESC LIMIT 1)
+                 FROM upload_chunks WHERE session_id = $1",
+            )
+            .bind(id.to_string())
+            .fetch_one(pool)
+            .await?
+        }))
     }
 
     /// Notes a multipart upload before its first part is sent.
     pub async fn record_multipart(&self, key: &str, upload_id: &str) -> Result<(), StorageError> {
-        sqlx::query("INSERT INTO multipart_uploads (key, upload_id, created_at) VALUES (?, ?, ?)")
+        let now = crate::files::now_ms();
+        on_pool!(&self.pool, pool => {
+            sqlx::query(
+                "INSERT INTO multipart_uploads (key, upload_id, holder, created_at)
+                 VALUES ($1, $2, $3, $4)",
+            )
             .bind(key)
             .bind(upload_id)
-            .bind(crate::files::now_ms())
-            .execute(&self.pool)
+            .bind(&*self.holder)
+            .bind(now)
+            .execute(pool)
             .await?;
+        });
         Ok(())
     }
 
     /// The id of the multipart upload building `key`, while it is neither completed nor
     /// aborted.
     pub async fn multipart_id(&self, key: &str) -> Result<Option<String>, StorageError> {
-        let row: Option<(String,)> =
-            sqlx::query_as("SELECT upload_id FROM multipart_uploads WHERE key = ?")
+        let row: Option<(String,)> = on_pool!(&self.pool, pool => {
+            sqlx::query_as("SELECT upload_id FROM multipart_uploads WHERE key = $1")
                 .bind(key)
-                .fetch_optional(&self.pool)
-                .await?;
+                .fetch_optional(pool)
+                .await?
+        });
         Ok(row.map(|(id,)| id))
     }
 
     /// Forgets a multipart upload that was completed or aborted.
     pub async fn forget_multipart(&self, key: &str) -> Result<(), StorageError> {
-        sqlx::query("DELETE FROM multipart_uploads WHERE key = ?")
-            .bind(key)
-            .execute(&self.pool)
-            .await?;
+        on_pool!(&self.pool, pool => {
+            sqlx::query("DELETE FROM multipart_uploads WHERE key = $1")
+                .bind(key)
+                .execute(pool)
+                .await?;
+        });
         Ok(())
     }
 
     /// Marks a multipart upload for the cleanup to abort.
     pub async fn abandon_multipart(&self, key: &str) -> Result<(), StorageError> {
-        sqlx::query("UPDATE multipart_uploads SET abandoned = 1 WHERE key = ?")
-            .bind(key)
-            .execute(&self.pool)
-            .await?;
+        on_pool!(&self.pool, pool => {
+            sqlx::query("UPDATE multipart_uploads SET abandoned = 1 WHERE key = $1")
+                .bind(key)
+                .execute(pool)
+                .await?;
+        });
         Ok(())
     }
 
-    /// At start, before any call: multipart uploads of streams a previous run was
-    /// receiving are abandoned (their clients are gone). Those of resumable sessions
-    /// stay: the session outlives the process.
-    pub async fn abandon_unowned_multiparts(&self) -> Result<u64, StorageError> {
-        let result = sqlx::query(
-            "UPDATE multipart_uploads SET abandoned = 1
-             WHERE abandoned = 0 AND key NOT IN (SELECT key FROM upload_sessions)",
-        )
-        .execute(&self.pool)
-        .await?;
-        Ok(result.rows_affected())
+    /// At start, before any call: what this replica's previous process was receiving
+    /// is dropped (it is gone: this one holds its address). Its uploads in flight stop
+    /// counting against their users now rather than when their leases lapse, and its
+    /// streams' multipart uploads (and those of rows older than holders) are abandoned.
+    /// Resumable sessions' stay: a session outlives the process. Returns how many
+    /// multipart uploads were abandoned.
+    pub async fn take_over_from_predecessor(&self) -> Result<u64, StorageError> {
+        on_pool!(&self.pool, pool => {
+            sqlx::query("DELETE FROM uploads_in_flight WHERE holder = $1")
+                .bind(&*self.holder)
+                .execute(pool)
+                .await?;
+            Ok(sqlx::query(
+                "UPDATE multipart_uploads SET abandoned = 1
+                 WHERE abandoned = 0 AND key NOT IN (SELECT key FROM upload_sessions)
+                   AND (holder IS NULL OR holder = $1)",
+            )
+            .bind(&*self.holder)
+            .execute(pool)
+            .await?
+            .rows_affected())
+        })
+    }
+
+    /// Abandons the streams' multipart uploads of other replicas that hold no live
+    /// upload lease any more: they died (or lost the database for a whole [`LEASE`]),
+    /// and their clients are gone. Run periodically by every replica.
+    pub async fn abandon_dead_replicas_multiparts(&self, now_ms: i64) -> Result<u64, StorageError> {
+        Ok(on_pool!(&self.pool, pool => {
+            sqlx::query(
+                "UPDATE multipart_uploads SET abandoned = 1
+                 WHERE abandoned = 0 AND key NOT IN (SELECT key FROM upload_sessions)
+                   AND holder != $1
+                   AND NOT EXISTS (SELECT 1 FROM uploads_in_flight AS lease
+                                   WHERE lease.holder = multipart_uploads.holder
+                                     AND lease.expires_at > $2)",
+            )
+            .bind(&*self.holder)
+            .bind(now_ms)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        }))
     }
 
     /// Multipart uploads waiting to be aborted: (key, upload id).
     pub async fn abandoned_multiparts(&self) -> Result<Vec<(String, String)>, StorageError> {
-        Ok(
+        Ok(on_pool!(&self.pool, pool => {
             sqlx::query_as("SELECT key, upload_id FROM multipart_uploads WHERE abandoned = 1")
-                .fetch_all(&self.pool)
-                .await?,
-        )
+                .fetch_all(pool)
+                .await?
+        }))
     }
 
     /// Moves a session between 'open' and 'completing'; false if it was not in `from`.
@@ -504,101 +612,192 @@ impl Index {
         from: &str,
         to: &str,
     ) -> Result<bool, StorageError> {
-        let result = sqlx::query("UPDATE upload_sessions SET state = ? WHERE id = ? AND state = ?")
-            .bind(to)
-            .bind(id.to_string())
-            .bind(from)
-            .execute(&self.pool)
-            .await?;
-        Ok(result.rows_affected() > 0)
+        let moved = on_pool!(&self.pool, pool => {
+            sqlx::query("UPDATE upload_sessions SET state = $1 WHERE id = $2 AND state = $3")
+                .bind(to)
+                .bind(id.to_string())
+                .bind(from)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(moved > 0)
     }
 
     /// Turns a completed session into its file row, in one transaction.
     pub async fn complete_session(&self, id: UploadId, file: &FileRow) -> Result<(), StorageError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        insert_file(&mut tx, file).await?;
-        sqlx::query("DELETE FROM upload_sessions WHERE id = ?")
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        let user = parse_user(&file.user_id)?;
+        on_pool!(&self.pool, pool => {
+            let mut tx = pool.begin_write(&usage_lock(user)).await?;
+            tx.insert_file(file).await?;
+            sqlx::query("DELETE FROM upload_sessions WHERE id = $1")
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        });
         Ok(())
     }
 
     pub async fn delete_session(&self, id: UploadId) -> Result<(), StorageError> {
-        sqlx::query("DELETE FROM upload_sessions WHERE id = ?")
-            .bind(id.to_string())
-            .execute(&self.pool)
-            .await?;
+        on_pool!(&self.pool, pool => {
+            sqlx::query("DELETE FROM upload_sessions WHERE id = $1")
+                .bind(id.to_string())
+                .execute(pool)
+                .await?;
+        });
         Ok(())
     }
 
     /// Sessions whose time ran out.
     pub async fn expired_sessions(&self, now_ms: i64) -> Result<Vec<SessionRow>, StorageError> {
-        Ok(
-            sqlx::query_as("SELECT * FROM upload_sessions WHERE expires_at <= ?")
+        Ok(on_pool!(&self.pool, pool => {
+            sqlx::query_as("SELECT * FROM upload_sessions WHERE expires_at <= $1")
                 .bind(now_ms)
-                .fetch_all(&self.pool)
-                .await?,
-        )
+                .fetch_all(pool)
+                .await?
+        }))
     }
 }
 
-/// The user's usage, read inside a write transaction so that nothing of the user's
-/// changes before the caller's own write commits. (SQLite's `BEGIN IMMEDIATE` takes the
-/// database's write lock; the row written first is the user's own lock on databases
-/// that lock rows.) `excluding` leaves one in-flight upload out of the count.
-async fn locked_usage(
-    tx: &mut sqlx::SqliteConnection,
-    user: Uuid,
-    now_ms: i64,
-    excluding: Option<Uuid>,
-) -> Result<Usage, StorageError> {
-    sqlx::query("INSERT INTO user_usage (user_id) VALUES (?) ON CONFLICT (user_id) DO NOTHING")
-        .bind(user.to_string())
-        .execute(&mut *tx)
-        .await?;
-    count_usage(tx, user, now_ms, excluding).await
+/// The write lock of a user's quota rules: every admission counts the user's usage and
+/// records an upload under it, so of two racing uploads the second sees the first.
+fn usage_lock(user: Uuid) -> String {
+    format!("usage:{user}")
 }
 
-async fn count_usage(
-    connection: &mut sqlx::SqliteConnection,
-    user: Uuid,
-    now_ms: i64,
-    excluding: Option<Uuid>,
-) -> Result<Usage, StorageError> {
-    let excluding = excluding.map(|id| id.to_string()).unwrap_or_default();
-    let counts: (i64, i64, i64, i64, i64, i64, i64) = sqlx::query_as(
-        "SELECT
-            COALESCE((SELECT stored_bytes FROM user_usage WHERE user_id = ?1), 0),
-            COALESCE((SELECT stored_files FROM user_usage WHERE user_id = ?1), 0),
-            (SELECT COUNT(*) FROM upload_sessions WHERE user_id = ?1 AND expires_at > ?2),
-            (SELECT COALESCE(SUM(reserved), 0) FROM upload_sessions
-                WHERE user_id = ?1 AND expires_at > ?2),
-            (SELECT COUNT(*) FROM uploads_in_flight
-                WHERE user_id = ?1 AND expires_at > ?2 AND id != ?3),
-            (SELECT COUNT(*) FROM uploads_in_flight
-                WHERE user_id = ?1 AND expires_at > ?2 AND id != ?3 AND kind = 'file'),
-            (SELECT COALESCE(SUM(bytes), 0) FROM uploads_in_flight
-                WHERE user_id = ?1 AND expires_at > ?2 AND id != ?3)",
-    )
-    .bind(user.to_string())
-    .bind(now_ms)
-    .bind(excluding)
-    .fetch_one(connection)
-    .await?;
-    let (stored_bytes, stored_files, sessions, session_bytes, uploads, files, upload_bytes) =
-        counts;
-    let count = |value: i64| u64::try_from(value).unwrap_or(0);
-    Ok(Usage {
-        stored_bytes: count(stored_bytes),
-        stored_files: count(stored_files),
-        reserved_bytes: count(session_bytes).saturating_add(count(upload_bytes)),
-        open_sessions: count(sessions),
-        uploads_in_progress: count(uploads),
-        files_in_progress: count(files),
-    })
+/// An upload in flight's row (see `usage.rs`).
+struct InFlightRow {
+    id: String,
+    user_id: String,
+    kind: &'static str,
+    bytes: i64,
+    holder: std::sync::Arc<str>,
+    expires_at: i64,
 }
+
+/// Statements that run inside the transactions above, on either database's connection.
+trait Statements {
+    /// The user's usage, read inside a write transaction under the user's lock, so
+    /// that nothing of the user's changes before the caller's own write commits.
+    /// `excluding` leaves one in-flight upload out of the count.
+    async fn locked_usage(
+        &mut self,
+        user: Uuid,
+        now_ms: i64,
+        excluding: Option<Uuid>,
+    ) -> Result<Usage, StorageError>;
+
+    async fn count_usage(
+        &mut self,
+        user: Uuid,
+        now_ms: i64,
+        excluding: Option<Uuid>,
+    ) -> Result<Usage, StorageError>;
+
+    async fn insert_file(&mut self, file: &FileRow) -> Result<(), StorageError>;
+
+    async fn insert_in_flight(&mut self, row: &InFlightRow) -> Result<(), StorageError>;
+}
+
+/// Implements [`Statements`] once per driver from one text: each body is compiled
+/// against that driver's connection type.
+macro_rules! statements_on {
+    ($($connection:ty),+) => {$(
+        impl Statements for $connection {
+            async fn locked_usage(
+                &mut self,
+                user: Uuid,
+                now_ms: i64,
+                excluding: Option<Uuid>,
+            ) -> Result<Usage, StorageError> {
+                // The row the triggers keep; created here so a user's first upload has it.
+                sqlx::query(
+                    "INSERT INTO user_usage (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING",
+                )
+                .bind(user.to_string())
+                .execute(&mut *self)
+                .await?;
+                self.count_usage(user, now_ms, excluding).await
+            }
+
+            async fn count_usage(
+                &mut self,
+                user: Uuid,
+                now_ms: i64,
+                excluding: Option<Uuid>,
+            ) -> Result<Usage, StorageError> {
+                let excluding = excluding.map(|id| id.to_string()).unwrap_or_default();
+                // PostgreSQL sums BIGINTs as NUMERIC: cast back (a no-op on SQLite).
+                let counts: (i64, i64, i64, i64, i64, i64, i64) = sqlx::query_as(
+                    "SELECT
+                        COALESCE((SELECT stored_bytes FROM user_usage WHERE user_id = $1), 0),
+                        COALESCE((SELECT stored_files FROM user_usage WHERE user_id = $1), 0),
+                        (SELECT COUNT(*) FROM upload_sessions WHERE user_id = $1 AND expires_at > $2),
+                        (SELECT CAST(COALESCE(SUM(reserved), 0) AS BIGINT) FROM upload_sessions
+                            WHERE user_id = $1 AND expires_at > $2),
+                        (SELECT COUNT(*) FROM uploads_in_flight
+                            WHERE user_id = $1 AND expires_at > $2 AND id != $3),
+                        (SELECT COUNT(*) FROM uploads_in_flight
+                            WHERE user_id = $1 AND expires_at > $2 AND id != $3 AND kind = 'file'),
+                        (SELECT CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM uploads_in_flight
+                            WHERE user_id = $1 AND expires_at > $2 AND id != $3)",
+                )
+                .bind(user.to_string())
+                .bind(now_ms)
+                .bind(excluding)
+                .fetch_one(&mut *self)
+                .await?;
+                let (stored_bytes, stored_files, sessions, session_bytes, uploads, files, upload_bytes) =
+                    counts;
+                let count = |value: i64| u64::try_from(value).unwrap_or(0);
+                Ok(Usage {
+                    stored_bytes: count(stored_bytes),
+                    stored_files: count(stored_files),
+                    reserved_bytes: count(session_bytes).saturating_add(count(upload_bytes)),
+                    open_sessions: count(sessions),
+                    uploads_in_progress: count(uploads),
+                    files_in_progress: count(files),
+                })
+            }
+
+            async fn insert_file(&mut self, file: &FileRow) -> Result<(), StorageError> {
+                sqlx::query(
+                    "INSERT INTO files (key, user_id, filename, content_type, size, sha256, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(&file.key)
+                .bind(&file.user_id)
+                .bind(&file.filename)
+                .bind(&file.content_type)
+                .bind(file.size)
+                .bind(&file.sha256)
+                .bind(file.created_at)
+                .execute(&mut *self)
+                .await?;
+                Ok(())
+            }
+
+            async fn insert_in_flight(&mut self, row: &InFlightRow) -> Result<(), StorageError> {
+                sqlx::query(
+                    "INSERT INTO uploads_in_flight (id, user_id, kind, bytes, holder, expires_at)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(&row.id)
+                .bind(&row.user_id)
+                .bind(row.kind)
+                .bind(row.bytes)
+                .bind(&*row.holder)
+                .bind(row.expires_at)
+                .execute(&mut *self)
+                .await?;
+                Ok(())
+            }
+        }
+    )+};
+}
+
+statements_on!(sqlx::SqliteConnection, sqlx::PgConnection);
 
 fn to_sql(value: u64) -> Result<i64, StorageError> {
     i64::try_from(value).map_err(|_| StorageError::Internal(format!("{value} is out of range")))
@@ -608,22 +807,95 @@ fn parse_user(raw: &str) -> Result<Uuid, StorageError> {
     Uuid::parse_str(raw).map_err(|err| StorageError::Internal(format!("stored user id: {err}")))
 }
 
-async fn insert_file(
-    connection: &mut sqlx::SqliteConnection,
-    file: &FileRow,
-) -> Result<(), StorageError> {
-    sqlx::query(
-        "INSERT INTO files (key, user_id, filename, content_type, size, sha256, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&file.key)
-    .bind(&file.user_id)
-    .bind(&file.filename)
-    .bind(&file.content_type)
-    .bind(file.size)
-    .bind(&file.sha256)
-    .bind(file.created_at)
-    .execute(connection)
-    .await?;
-    Ok(())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UNLIMITED: Limits = Limits {
+        quota_bytes: None,
+        max_files: None,
+        max_open_sessions: 10,
+        max_concurrent_uploads: 10,
+    };
+
+    async fn abandoned(index: &Index) -> Vec<String> {
+        let mut keys: Vec<String> = index
+            .abandoned_multiparts()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// Two replicas on one database file: each leaves the other's live streams alone,
+    /// abandons them once their leases lapse, and a replica restarted in place takes over
+    /// its predecessor's at once. Sessions' multipart uploads are never a stream's.
+    #[tokio::test]
+    async fn a_replica_abandons_only_streams_whose_holder_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("index.db").display());
+        let first = Index::open(&url, "host/10.0.0.1:50052").await.unwrap();
+        let second = Index::open(&url, "host/10.0.0.2:50052").await.unwrap();
+        let user = Uuid::new_v4();
+        let first_stream = first.admit_file(user, 0, &UNLIMITED).await.unwrap();
+        first.record_multipart("u/first", "id-1").await.unwrap();
+        let second_stream = second.admit_file(user, 0, &UNLIMITED).await.unwrap();
+        second.record_multipart("u/second", "id-2").await.unwrap();
+        let now = crate::files::now_ms();
+        let session = SessionRow {
+            id: UploadId::generate().to_string(),
+            user_id: user.to_string(),
+            key: "u/session".into(),
+            filename: "s.bin".into(),
+            content_type: "application/octet-stream".into(),
+            declared_size: None,
+            declared_sha256: None,
+            received: 0,
+            reserved: 0,
+            state: "open".into(),
+            created_at: now,
+            expires_at: now + 60_000,
+        };
+        first.admit_session(&session, &UNLIMITED).await.unwrap();
+        first.record_multipart("u/session", "id-3").await.unwrap();
+
+        // Both alive: nothing is abandoned, by either.
+        assert_eq!(
+            second.abandon_dead_replicas_multiparts(now).await.unwrap(),
+            0
+        );
+        assert_eq!(
+            first.abandon_dead_replicas_multiparts(now).await.unwrap(),
+            0
+        );
+
+        // Past the first replica's leases (it stopped renewing): its stream is
+        // abandoned by the other, its session's upload and the other's stream are not.
+        let lapsed = now + LEASE.as_millis() as i64 + 1;
+        // The second renews a few milliseconds on, so its lease outlasts `lapsed`.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        second.renew_leases().await.unwrap();
+        assert_eq!(
+            second
+                .abandon_dead_replicas_multiparts(lapsed)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(abandoned(&second).await, ["u/first"]);
+
+        // The second replica restarted in place takes over what its process left.
+        let restarted = Index::open(&url, "host/10.0.0.2:50052").await.unwrap();
+        assert_eq!(restarted.take_over_from_predecessor().await.unwrap(), 1);
+        assert_eq!(abandoned(&restarted).await, ["u/first", "u/second"]);
+        let usage = restarted.usage(user, now).await.unwrap();
+        assert_eq!(
+            usage.uploads_in_progress, 1,
+            "its predecessor's upload stops counting; the first replica's still counts"
+        );
+        drop((first_stream, second_stream));
+    }
 }

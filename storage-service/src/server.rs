@@ -32,7 +32,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StorageError> {
-    let storage = Arc::new(build(&config).await?);
+    let addr = listener
+        .local_addr()
+        .map_err(|err| StorageError::Internal(err.to_string()))?;
+    let storage = Arc::new(build(&config, &Index::holder(&host_name(), addr)).await?);
     let sweeper = tokio::spawn(clean_up(
         storage.clone(),
         sweep_interval(config.upload_session_ttl()),
@@ -65,9 +68,6 @@ pub async fn run(
     health
         .set_serving::<StorageServiceServer<StorageApi>>()
         .await;
-    let addr = listener
-        .local_addr()
-        .map_err(|err| StorageError::Internal(err.to_string()))?;
     let tls = config
         .served_certificate()
         .map(|certificate| certificate.server_config())
@@ -90,7 +90,17 @@ pub async fn run(
     served.map_err(|err| StorageError::Internal(format!("gRPC server failed: {err}")))
 }
 
-async fn build(config: &Config) -> Result<Storage, StorageError> {
+/// This machine's name (a container's own in compose), which tells replicas on
+/// different machines apart when they listen on the same address.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+async fn build(config: &Config, holder: &str) -> Result<Storage, StorageError> {
     std::fs::create_dir_all(&config.data.data_dir).map_err(|err| {
         StorageError::Internal(format!(
             "cannot create DATA_DIR {}: {err}",
@@ -105,12 +115,12 @@ async fn build(config: &Config) -> Result<Storage, StorageError> {
         .map_err(|err| StorageError::Internal(format!("download link key: {err}")))?,
     };
     let backend = Backend::connect(config, link_secret.as_bytes()).await?;
-    let index = Index::open(&config.database_url()).await?;
+    let index = Index::open(&config.database_url(), holder).await?;
     let multipart = backend
         .s3
         .clone()
         .map(|s3| Multipart::new(s3, index.clone()));
-    let left_behind = index.abandon_unowned_multiparts().await?;
+    let left_behind = index.take_over_from_predecessor().await?;
     if left_behind > 0 {
         tracing::info!(
             left_behind,
@@ -214,6 +224,22 @@ async fn keep_leases(storage: Arc<Storage>) {
         // Sessions live in the database, not in a process: this is all replicas' count.
         if let Ok(open) = storage.index.open_sessions(now_ms()).await {
             metrics::gauge!("strongbox_upload_sessions_open").set(open as f64);
+        }
+        // A replica that died leaves its streams' multipart uploads: once its leases
+        // lapse, whichever replica looks first hands them to the cleanup.
+        match storage
+            .index
+            .abandon_dead_replicas_multiparts(now_ms())
+            .await
+        {
+            Ok(0) => {}
+            Ok(abandoned) => tracing::info!(
+                abandoned,
+                "multipart uploads of a replica that stopped will be aborted"
+            ),
+            Err(err) => {
+                tracing::warn!(%err, "abandoning a stopped replica's uploads failed; retrying")
+            }
         }
         match storage.index.sweep_expired_leases().await {
             Ok(0) => {}

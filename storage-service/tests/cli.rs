@@ -20,13 +20,17 @@ const BINARY: &str = env!("CARGO_BIN_EXE_storage-service");
 const RUN_LIMIT: Duration = Duration::from_secs(30);
 
 /// Values that must never appear in anything the binary prints.
-const SECRETS: [(&str, &str); 3] = [
+const SECRETS: [(&str, &str); 4] = [
     ("STORAGE_SECRET_KEY", "s3-secret-7f3a9c1e-never-print-me"),
     (
         "JWT_SECRET",
         "jwt-secret-5b2d8e4f-never-print-me-0123456789",
     ),
     ("DOWNLOAD_URL_SECRET", "link-secret-91c4a7d2-never-print-me"),
+    (
+        "STORAGE_DATABASE_URL",
+        "postgres://strongbox:db-password-3e8b-never-print-me@db/storage",
+    ),
 ];
 
 /// Every environment variable the configuration declares, flattened groups included.

@@ -207,8 +207,10 @@ pub fn files_below(root: &Path) -> Vec<PathBuf> {
 }
 
 /// Runs each named scenario, an `async fn(Backend)` of the calling test file, twice:
-/// against the local directory and against a real S3 server (`mod local`, `mod s3`).
-/// The file must have `Backend` in scope.
+/// against the local directory and against a real S3 server (`mod local`, `mod s3`),
+/// both with the index in SQLite. For scenarios about objects rather than the index;
+/// those that count on the index's rules use [`on_every_backend!`]. The file must have
+/// `Backend` in scope.
 #[macro_export]
 macro_rules! on_both_backends {
     ($($scenario:ident),* $(,)?) => {
@@ -219,6 +221,19 @@ macro_rules! on_both_backends {
         mod s3 {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $scenario() { super::$scenario(super::Backend::S3).await })*
+        }
+    };
+}
+
+/// Like [`on_both_backends!`], and a third time with the index on PostgreSQL
+/// (`mod s3_postgres`): every rule the index keeps must hold on both databases.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($scenario:ident),* $(,)?) => {
+        $crate::on_both_backends!($($scenario),*);
+        mod s3_postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() { super::$scenario(super::Backend::S3Postgres).await })*
         }
     };
 }

@@ -24,11 +24,22 @@ use crate::{RunningService, Scratch, until_stopped};
 
 pub const BUCKET: &str = "strongbox-test";
 
-/// Where storage-service keeps objects in a test.
+/// What storage-service runs on in a test: where it keeps objects, and its index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
+    /// A local directory, the index in SQLite: the embedded default.
     Local,
+    /// A real S3 server, the index in SQLite.
     S3,
+    /// A real S3 server, the index in a database of its own on a real PostgreSQL
+    /// server: how replicas run.
+    S3Postgres,
+}
+
+impl Backend {
+    pub fn is_s3(self) -> bool {
+        matches!(self, Self::S3 | Self::S3Postgres)
+    }
 }
 
 pub struct Stack {
@@ -56,8 +67,11 @@ impl Stack {
         let _ = strongbox_common::telemetry::init(&Default::default(), "tests");
         let dir = Scratch::new();
         let auth = TestAuth::start_in(&dir, adjust_auth);
-        let s3 = (backend == Backend::S3).then(|| TestS3::start(&dir));
+        let s3 = backend.is_s3().then(|| TestS3::start(&dir));
         let mut config = storage_service::Config::with_data_dir(dir.join("storage"));
+        if backend == Backend::S3Postgres {
+            config.database_url = Some(crate::database::new_postgres_database().await);
+        }
         config.auth_service_url = auth.service.url();
         // Small parts keep multi-part paths exercised by small test files. S3's 5 MiB
         // minimum is the floor there.

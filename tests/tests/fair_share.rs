@@ -10,13 +10,13 @@ use strongbox_proto::storage::v1::{
     AbortUploadRequest, CompleteUploadRequest, FileMetadata, GetUploadStatusRequest,
     UploadChunkRequest,
 };
-use strongbox_tests::on_both_backends;
+use strongbox_tests::on_every_backend;
 use strongbox_tests::storage::{
     Backend, Stack, User, chunk_message, end_message, metadata, pseudo_random, sha256_hex,
 };
 use tonic::{Code, Status};
 
-on_both_backends!(
+on_every_backend!(
     other_spellings_of_an_upload_id_are_refused_and_touch_nothing,
     an_upload_that_finds_no_memory_is_told_to_retry_and_stores_nothing,
     a_trickling_upload_is_cut_and_stores_nothing,

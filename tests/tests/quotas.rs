@@ -11,13 +11,13 @@ use strongbox_proto::storage::v1::{
     AbortUploadRequest, CreateUploadRequest, DeleteFileRequest, FileMetadata, GetUsageResponse,
     UploadChunkRequest,
 };
-use strongbox_tests::on_both_backends;
+use strongbox_tests::on_every_backend;
 use strongbox_tests::storage::{
     Backend, Stack, User, chunk_message, end_message, metadata, pseudo_random, sha256_hex,
 };
 use tonic::{Code, Status};
 
-on_both_backends!(
+on_every_backend!(
     a_byte_quota_holds_to_the_byte_on_every_upload_path_and_deleting_frees_it,
     concurrent_uploads_of_one_user_never_pass_the_quotas,
     a_streams_look_ahead_takes_no_room_and_its_file_must_still_fit,

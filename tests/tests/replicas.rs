@@ -4,10 +4,12 @@
 //! replica started again is used again; with none answering, a call is refused at once
 //! and told when to retry.
 //!
-//! The replicas of a service share one data directory: SQLite, the embedded default,
-//! serves several processes on one machine, so every call here means the same on
-//! either replica. The auth replicas also run on one PostgreSQL database, as replicas on
-//! several machines would, and keep every rule of the accounts database there.
+//! The storage replicas keep their index in one PostgreSQL database and their objects on
+//! one S3 server, as replicas on several machines would; a replica restarted in the
+//! middle of its peer's upload leaves that upload alone, and one killed mid-stream fails
+//! its stream cleanly. The auth replicas share one data directory (SQLite, the embedded
+//! default, serves several processes on one machine), and also run on one PostgreSQL
+//! database, keeping every rule of the accounts database there.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -17,17 +19,24 @@ use bytes::Bytes;
 use futures::future::join_all;
 use strongbox_proto::auth::v1::auth_service_client::AuthServiceClient;
 use strongbox_proto::auth::v1::{LoginRequest, MeRequest, RefreshRequest};
-use strongbox_proto::storage::v1::ListFilesRequest;
 use strongbox_proto::storage::v1::storage_service_client::StorageServiceClient;
+use strongbox_proto::storage::v1::{
+    ListFilesRequest, UploadRequest, UploadResponse, upload_request,
+};
 use strongbox_tests::Scratch;
 use strongbox_tests::auth::{new_account, with_bearer};
 use strongbox_tests::database::new_postgres_database;
 use strongbox_tests::metrics::Scrape;
 use strongbox_tests::process::ServiceProcess;
-use strongbox_tests::storage::{User, metadata, pseudo_random};
+use strongbox_tests::s3::{ACCESS_KEY, SECRET_KEY, TestS3};
+use strongbox_tests::storage::{BUCKET, User, chunk_message, end_message, metadata, pseudo_random};
 use strongbox_tests::tools::workspace_binary;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
+
+const MIB: usize = 1024 * 1024;
 
 /// A replica that can be killed and started again on the same address and data.
 struct Replica {
@@ -95,11 +104,12 @@ impl Replica {
     }
 }
 
-/// Two auth-services and two storage-services, each pair on one data directory, and a
-/// gateway given both replicas of each.
+/// Two auth-services on one data directory, two storage-services on one PostgreSQL
+/// database and one S3 server, and a gateway given both replicas of each.
 struct Deployment {
     auth: [Replica; 2],
     storage: [Replica; 2],
+    s3: TestS3,
     _gateway: ServiceProcess,
     gateway_addr: SocketAddr,
     _scratch: Scratch,
@@ -124,8 +134,17 @@ impl Deployment {
             Replica::start("auth-service", "AUTH_LISTEN", &scratch, &auth_settings).await;
         let second_auth =
             Replica::start("auth-service", "AUTH_LISTEN", &scratch, &auth_settings).await;
+        let s3 = TestS3::start(&scratch);
         let storage_settings = [
+            // Shared for the download-link key; the index and objects are elsewhere.
             ("DATA_DIR", scratch.join("storage").display().to_string()),
+            ("STORAGE_DATABASE_URL", new_postgres_database().await),
+            ("STORAGE_ENDPOINT", s3.endpoint()),
+            ("STORAGE_ACCESS_KEY", ACCESS_KEY.to_owned()),
+            ("STORAGE_SECRET_KEY", SECRET_KEY.to_owned()),
+            ("STORAGE_BUCKET", BUCKET.to_owned()),
+            // S3's smallest part, so a few MiB make a multipart upload.
+            ("UPLOAD_PART_SIZE", (5 * MIB).to_string()),
             (
                 "AUTH_SERVICE_URL",
                 format!("{},{}", first_auth.url(), second_auth.url()),
@@ -177,6 +196,7 @@ impl Deployment {
         Self {
             auth: [first_auth, second_auth],
             storage: [first_storage, second_storage],
+            s3,
             _gateway: gateway,
             gateway_addr,
             _scratch: scratch,
@@ -522,4 +542,113 @@ async fn storage_fetches_a_rotated_key_from_the_auth_replica_still_answering() {
         14,
     )
     .await;
+}
+
+/// An Upload stream sent to one replica directly, its metadata sent, fed by the
+/// returned sender.
+async fn stream_to(
+    replica: &Replica,
+    user: &User,
+    name: &str,
+) -> (
+    mpsc::Sender<UploadRequest>,
+    tokio::task::JoinHandle<Result<tonic::Response<UploadResponse>, tonic::Status>>,
+) {
+    let (feed, fed) = mpsc::channel(4);
+    let mut client = StorageServiceClient::new(
+        Endpoint::from_shared(replica.url())
+            .expect("a valid URL")
+            .connect_lazy(),
+    );
+    let request = user.req(ReceiverStream::new(fed));
+    let call = tokio::spawn(async move { client.upload(request).await });
+    feed.send(UploadRequest {
+        payload: Some(upload_request::Payload::Metadata(metadata(name, ""))),
+    })
+    .await
+    .expect("the upload starts");
+    (feed, call)
+}
+
+/// Sends `bytes` in 1 MiB chunk messages.
+async fn send_chunks(feed: &mpsc::Sender<UploadRequest>, bytes: &[u8]) {
+    for chunk in bytes.chunks(MIB) {
+        feed.send(chunk_message(chunk.to_vec()))
+            .await
+            .expect("the upload is still being received");
+    }
+}
+
+/// Waits (bounded) until the S3 server holds a part of some multipart upload.
+async fn a_part_reaches_s3(s3: &TestS3) {
+    for _ in 0..300 {
+        if s3
+            .multipart_files()
+            .iter()
+            .any(|path| TestS3::is_part(path))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no part of the upload reached S3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_restarted_mid_stream_leaves_its_peers_upload_alone_and_one_killed_stores_nothing()
+ {
+    let mut deployment = Deployment::start(1).await;
+    let user = deployment.user("streams@example.com").await;
+    let content = pseudo_random(7 * MIB, 7);
+
+    // A stream on replica 0 with its first part on S3; meanwhile replica 1 is killed and
+    // started again, and at start it takes over what its own previous process left.
+    let (feed, call) = stream_to(&deployment.storage[0], &user, "kept.bin").await;
+    send_chunks(&feed, &content[..6 * MIB]).await;
+    a_part_reaches_s3(&deployment.s3).await;
+    deployment.storage[1].kill().await;
+    deployment.storage[1].restart().await;
+    deployment.storage_replicas_become(2.0).await;
+    // Its first cleanup runs as it starts; a put through it proves it is past that.
+    put(&user, "after-restart.bin", 1).await;
+    put(&user, "after-restart-2.bin", 2).await;
+    send_chunks(&feed, &content[6 * MIB..]).await;
+    feed.send(end_message())
+        .await
+        .expect("the end of the upload");
+    drop(feed);
+    let stored = call
+        .await
+        .expect("the call task")
+        .expect("the peer's restart leaves the upload alone")
+        .into_inner();
+    let (_, downloaded) = user.download(&stored.key).await.expect("Download");
+    assert!(downloaded == content, "byte-identical");
+    assert!(
+        deployment.s3.multipart_files().is_empty(),
+        "completed: no multipart upload left"
+    );
+
+    // Replica 0 killed in the middle of a stream: the stream fails, nothing of it is
+    // listed, and the same upload through the gateway (to the replica left) succeeds.
+    let (feed, call) = stream_to(&deployment.storage[0], &user, "cut.bin").await;
+    send_chunks(&feed, &content[..6 * MIB]).await;
+    a_part_reaches_s3(&deployment.s3).await;
+    deployment.storage[0].kill().await;
+    let cut = call.await.expect("the call task");
+    assert!(cut.is_err(), "a stream cut by its replica's death fails");
+    let listed: Vec<String> = user
+        .list_all()
+        .await
+        .into_iter()
+        .map(|file| file.filename)
+        .collect();
+    assert!(!listed.contains(&"cut.bin".to_owned()), "{listed:?}");
+    let retried = user
+        .upload_bytes("cut.bin", &content)
+        .await
+        .expect("the retry through the gateway");
+    let (_, downloaded) = user.download(&retried.key).await.expect("Download");
+    assert!(downloaded == content, "byte-identical");
+    assert_eq!(user.list_all().await.len(), 4);
 }

@@ -17,6 +17,7 @@
 mod auth;
 mod downloads;
 mod hostile;
+mod replicas;
 mod report;
 mod system;
 mod transfers;
@@ -142,12 +143,13 @@ async fn bench(plan: Plan) {
             rows.push(row);
         }
     }
+    let replicas = replicas::measure(&system, &clients, &plan).await;
     let downloads = downloads::measure(&mut system, &clients, &plan).await;
     assert_nothing_left(&system);
     let auth = auth::measure(&system, plan.quick).await;
     println!("{}", report::auth_table(&auth));
     let hostile = hostile::measure(&system, plan.quick).await;
-    let report = report::render(&plan, &rows, &downloads, &auth, &hostile);
+    let report = report::render(&plan, &rows, &replicas, &downloads, &auth, &hostile);
     let out = plan.out.unwrap_or_else(|| PathBuf::from(DEFAULT_OUT));
     std::fs::write(&out, report).expect("the report is written");
     println!("wrote {}", out.display());

@@ -10,6 +10,7 @@ use tonic::Code;
 use crate::auth::{AuthNumbers, Latencies};
 use crate::downloads::{Downloads, SlowReader, describe};
 use crate::hostile::{Calls, FLOOD_FACTOR, Flood, HostileNumbers, IdleSockets, Step};
+use crate::replicas::ReplicaRow;
 use crate::transfers::{MIB, Row, cores, human};
 
 const GATEWAY_GRPC_TARGET: f64 = 0.9;
@@ -111,6 +112,7 @@ pub fn auth_table(auth: &AuthNumbers) -> String {
 pub fn render(
     plan: &Plan,
     rows: &[Row],
+    replicas: &[ReplicaRow],
     downloads: &Downloads,
     auth: &AuthNumbers,
     hostile: &HostileNumbers,
@@ -177,6 +179,18 @@ pub fn render(
     for row in rows {
         let _ = writeln!(out, "{}", cost_line(row));
     }
+    out.push_str(
+        "\n## Storage replicas on PostgreSQL\n\nUploads through a gateway, MiB/s and files/s, ratio to the one replica on SQLite\n\
+         in parentheses: the main gateway and storage-service (the index in SQLite), then a\n\
+         gateway in front of one and of two storage-services whose index is one PostgreSQL\n\
+         database (the server on the same cores, as in the auth-service rows below). The\n\
+         gateway spreads the calls over both replicas.\n\n\
+         | size | concurrent | rounds | one replica, SQLite | one replica, PostgreSQL | two replicas, PostgreSQL |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for row in replicas {
+        let _ = writeln!(out, "{}", replicas_line(row));
+    }
     out.push('\n');
     out.push_str(&downloads_section(
         downloads,
@@ -201,6 +215,26 @@ pub fn render(
     push_verdicts(&mut out, download_verdicts(downloads));
     push_verdicts(&mut out, hostile_verdicts(hostile));
     out
+}
+
+pub fn replicas_line(row: &ReplicaRow) -> String {
+    let cell = |column: usize| {
+        format!(
+            "{:.0} MiB/s, {:.0} files/s ({:.2})",
+            row.rates[column],
+            row.files_per_second(column),
+            row.rates[column] / row.rates[0]
+        )
+    };
+    format!(
+        "| {} | {} | {} | {} | {} | {} |",
+        human(row.size),
+        row.concurrency,
+        row.rounds,
+        cell(0),
+        cell(1),
+        cell(2)
+    )
 }
 
 /// (a)'s CPU per MiB over `path`'s (1 to 3: (b) to (d)) in `row`: the ratio to (a) the

@@ -25,6 +25,21 @@ pub struct System {
     _dir: Scratch,
 }
 
+/// Storage replicas and the gateway in front of them.
+pub struct Replicas {
+    pub storage: Vec<Service>,
+    pub gateway: Service,
+}
+
+impl Replicas {
+    pub async fn stop(self) {
+        self.gateway.stop().await;
+        for storage in self.storage {
+            storage.stop().await;
+        }
+    }
+}
+
 /// A service process and where it listens.
 pub struct Service {
     process: Option<ServiceProcess>,
@@ -179,6 +194,34 @@ impl System {
         );
         environment.insert("DATABASE_URL".into(), database_url);
         start_in(&self.auth.dir, "auth-service", environment, url).await
+    }
+
+    /// `count` more storage-services with the settings of the first, their index in one
+    /// new database on the PostgreSQL server the test suites use, and a gateway (with
+    /// the main one's settings) in front of them all.
+    pub async fn storage_replicas_on_postgres(&self, count: usize) -> Replicas {
+        let database_url = new_postgres_database().await;
+        let mut storage = Vec::with_capacity(count);
+        for _ in 0..count {
+            let url = free_url();
+            let mut environment = self.storage.environment.clone();
+            environment.insert(
+                "STORAGE_LISTEN".into(),
+                url.trim_start_matches("http://").into(),
+            );
+            environment.insert("STORAGE_DATABASE_URL".into(), database_url.clone());
+            storage.push(start_in(&self.storage.dir, "storage-service", environment, url).await);
+        }
+        let url = free_url();
+        let mut environment = self.gateway.environment.clone();
+        environment.insert(
+            "GATEWAY_LISTEN".into(),
+            url.trim_start_matches("http://").into(),
+        );
+        let replicas: Vec<&str> = storage.iter().map(|service| service.url.as_str()).collect();
+        environment.insert("STORAGE_SERVICE_URL".into(), replicas.join(","));
+        let gateway = start_in(&self.gateway.dir, "gateway", environment, url).await;
+        Replicas { storage, gateway }
     }
 
     /// Another gateway in front of the same services, with every limit at its default
