@@ -22,7 +22,7 @@ export const file_storage_v1_storage: GenFile = /*@__PURE__*/
 export type FileMetadata = Message<"storage.v1.FileMetadata"> & {
   /**
    * The original file name; kept verbatim and returned. The object key uses a
-   * sanitized form of it.
+   * sanitized form of it. At most 4096 bytes; a NUL character is refused.
    *
    * @generated from field: string filename = 1;
    */
