@@ -20,9 +20,7 @@ use futures::future::join_all;
 use strongbox_proto::auth::v1::auth_service_client::AuthServiceClient;
 use strongbox_proto::auth::v1::{LoginRequest, MeRequest, RefreshRequest};
 use strongbox_proto::storage::v1::storage_service_client::StorageServiceClient;
-use strongbox_proto::storage::v1::{
-    ListFilesRequest, UploadRequest, UploadResponse, upload_request,
-};
+use strongbox_proto::storage::v1::{ListFilesRequest, UploadRequest};
 use strongbox_tests::Scratch;
 use strongbox_tests::auth::{new_account, with_bearer};
 use strongbox_tests::database::new_postgres_database;
@@ -32,7 +30,6 @@ use strongbox_tests::s3::{ACCESS_KEY, SECRET_KEY, TestS3};
 use strongbox_tests::storage::{BUCKET, User, chunk_message, end_message, metadata, pseudo_random};
 use strongbox_tests::tools::workspace_binary;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
@@ -544,30 +541,17 @@ async fn storage_fetches_a_rotated_key_from_the_auth_replica_still_answering() {
     .await;
 }
 
-/// An Upload stream sent to one replica directly, its metadata sent, fed by the
-/// returned sender.
-async fn stream_to(
-    replica: &Replica,
-    user: &User,
-    name: &str,
-) -> (
-    mpsc::Sender<UploadRequest>,
-    tokio::task::JoinHandle<Result<tonic::Response<UploadResponse>, tonic::Status>>,
-) {
-    let (feed, fed) = mpsc::channel(4);
-    let mut client = StorageServiceClient::new(
-        Endpoint::from_shared(replica.url())
-            .expect("a valid URL")
-            .connect_lazy(),
-    );
-    let request = user.req(ReceiverStream::new(fed));
-    let call = tokio::spawn(async move { client.upload(request).await });
-    feed.send(UploadRequest {
-        payload: Some(upload_request::Payload::Metadata(metadata(name, ""))),
-    })
-    .await
-    .expect("the upload starts");
-    (feed, call)
+/// `user`, calling one replica directly instead of the gateway.
+fn on_replica(user: &User, replica: &Replica) -> User {
+    User {
+        storage: StorageServiceClient::new(
+            Endpoint::from_shared(replica.url())
+                .expect("a valid URL")
+                .connect_lazy(),
+        ),
+        token: user.token.clone(),
+        id: user.id,
+    }
 }
 
 /// Sends `bytes` in 1 MiB chunk messages.
@@ -603,7 +587,8 @@ async fn a_replica_restarted_mid_stream_leaves_its_peers_upload_alone_and_one_ki
 
     // A stream on replica 0 with its first part on S3; meanwhile replica 1 is killed and
     // started again, and at start it takes over what its own previous process left.
-    let (feed, call) = stream_to(&deployment.storage[0], &user, "kept.bin").await;
+    let on_first = on_replica(&user, &deployment.storage[0]);
+    let (feed, call) = on_first.open_upload(metadata("kept.bin", ""));
     send_chunks(&feed, &content[..6 * MIB]).await;
     a_part_reaches_s3(&deployment.s3).await;
     deployment.storage[1].kill().await;
@@ -620,8 +605,7 @@ async fn a_replica_restarted_mid_stream_leaves_its_peers_upload_alone_and_one_ki
     let stored = call
         .await
         .expect("the call task")
-        .expect("the peer's restart leaves the upload alone")
-        .into_inner();
+        .expect("the peer's restart leaves the upload alone");
     let (_, downloaded) = user.download(&stored.key).await.expect("Download");
     assert!(downloaded == content, "byte-identical");
     assert!(
@@ -631,7 +615,7 @@ async fn a_replica_restarted_mid_stream_leaves_its_peers_upload_alone_and_one_ki
 
     // Replica 0 killed in the middle of a stream: the stream fails, nothing of it is
     // listed, and the same upload through the gateway (to the replica left) succeeds.
-    let (feed, call) = stream_to(&deployment.storage[0], &user, "cut.bin").await;
+    let (feed, call) = on_first.open_upload(metadata("cut.bin", ""));
     send_chunks(&feed, &content[..6 * MIB]).await;
     a_part_reaches_s3(&deployment.s3).await;
     deployment.storage[0].kill().await;
