@@ -247,7 +247,14 @@ impl Writer {
                 "write after the download finished".into(),
             ));
         };
-        file.write_all(bytes)
+        // tokio's File returns from a write once the bytes are handed to a blocking
+        // thread; the flush waits for that write, so the bytes counted here are on disk
+        // when the writer is dropped (Ctrl-C, an error) and the next run finds them.
+        let written = async {
+            file.write_all(bytes).await?;
+            file.flush().await
+        };
+        written
             .await
             .map_err(|err| CliError::file(&self.partial.bytes, err))?;
         self.hasher.update(bytes);
