@@ -21,7 +21,7 @@ use std::path::Path;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use strongbox_common::secrets;
 
@@ -113,7 +113,7 @@ impl SuccessorKey {
     /// The successor of `presented`: the same every time, computable only with the key.
     pub fn successor_of(&self, presented: &RefreshToken) -> RefreshToken {
         // HMAC accepts a key of any length, so this cannot fail for ours.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)
             .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
         mac.update(presented.0.as_bytes());
         RefreshToken::encode(&mac.finalize().into_bytes().into())

@@ -122,17 +122,14 @@ impl Backend {
     /// the right name. The local backend stores no attributes (its links are served by
     /// the gateway, which sets those headers itself).
     pub fn put_options(&self, filename: &str, content_type: &str) -> PutMultipartOptions {
-        let mut attributes = Attributes::new();
-        if matches!(self.downloads, Downloads::Presigned(_)) {
-            attributes.insert(Attribute::ContentType, content_type.to_owned().into());
-            attributes.insert(
-                Attribute::ContentDisposition,
-                content_disposition(filename).into(),
-            );
-        }
-        PutMultipartOptions {
-            attributes,
-            ..Default::default()
+        self.object_options().for_file(filename, content_type)
+    }
+
+    /// [`Backend::put_options`] as a value of its own, for what outlives a borrow of
+    /// the backend (a resumable session's chunk store).
+    pub fn object_options(&self) -> ObjectOptions {
+        ObjectOptions {
+            named: matches!(self.downloads, Downloads::Presigned(_)),
         }
     }
 
@@ -255,4 +252,28 @@ async fn create_bucket_if_missing(config: &Config, endpoint: &str) -> Result<(),
         "CreateBucket answered {status}: {}",
         body.chars().take(300).collect::<String>()
     ))
+}
+
+/// What a new object carries (see [`Backend::put_options`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ObjectOptions {
+    /// Content type and Content-Disposition, for presigned downloads.
+    named: bool,
+}
+
+impl ObjectOptions {
+    pub fn for_file(self, filename: &str, content_type: &str) -> PutMultipartOptions {
+        let mut attributes = Attributes::new();
+        if self.named {
+            attributes.insert(Attribute::ContentType, content_type.to_owned().into());
+            attributes.insert(
+                Attribute::ContentDisposition,
+                content_disposition(filename).into(),
+            );
+        }
+        PutMultipartOptions {
+            attributes,
+            ..Default::default()
+        }
+    }
 }

@@ -22,7 +22,7 @@ use crate::names::{ObjectKey, SafeName, Sha256Hex};
 use crate::parts::{Destination, PartWriter};
 use crate::pieces::{Gathering, coalesce, stall_deadline};
 use crate::policy::{ContentType, UploadPolicy};
-use crate::sessions::{ChunksInFlight, SessionDigests};
+use crate::sessions::Sessions;
 use crate::sink::{Expectations, UploadSink, Written};
 use crate::usage::{InFlight, Limits};
 
@@ -55,13 +55,10 @@ pub struct Storage {
     pub part_size: usize,
     pub parts_in_flight: usize,
     pub max_chunk_bytes: u64,
-    pub session_ttl: Duration,
     /// What each user may store and have in progress.
     pub limits: Limits,
-    /// The running SHA-256 of each open resumable session.
-    pub digests: SessionDigests,
-    /// The resumable-session chunks being stored right now.
-    pub appending: ChunksInFlight,
+    /// Resumable uploads.
+    pub sessions: Sessions,
 }
 
 /// A checked request to store a new file.

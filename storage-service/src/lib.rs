@@ -12,11 +12,11 @@
 //! - [`files`]: uploads become files; list, describe, download, delete;
 //! - [`pieces`]: an object's bytes as a download sends them;
 //! - [`multipart`]: S3 multipart uploads with their ids on record, so none can leak;
-//! - [`sessions`]: resumable uploads for clients that cannot stream;
+//! - [`sessions`]: resumable uploads for clients that cannot stream, served by any replica;
 //! - [`backend`]: S3 or a local directory behind `object_store`, and download URLs;
 //! - [`s3_metrics`]: every S3 request counted, timed and its failures named;
 //! - [`links`]: the local backend's HMAC-signed download links;
-//! - [`index`]: the SQLite index of files and sessions;
+//! - [`index`]: the index of files and sessions, in SQLite or PostgreSQL;
 //! - [`usage`]: each user's quotas and limits on uploads in progress;
 //! - [`service`]: the gRPC API; [`error`]: its one error type; [`server`]: `run`.
 

@@ -5,7 +5,7 @@
 //! presigned URL, the link is itself the credential, so it is checked in constant time
 //! and only until it expires.
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use url::Url;
 

@@ -22,6 +22,11 @@ use object_store::{ObjectStore, PutMultipartOptions, PutPayload};
 use crate::error::StorageError;
 use crate::index::Index;
 
+/// How long a replica holds the abort of an abandoned upload (or of an expired
+/// session's) before another replica's cleanup may take it over: far longer than an
+/// abort takes, short enough that a replica dying mid-cleanup delays it little.
+pub const CLEANUP_CLAIM: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The S3 store's multipart API and the ledger of its upload ids.
 #[derive(Clone)]
 pub struct Multipart {
@@ -52,6 +57,12 @@ impl Multipart {
             return Err(err);
         }
         Ok(id)
+    }
+
+    /// The id of the multipart upload building `path`, while it is neither completed
+    /// nor aborted.
+    pub async fn recorded(&self, path: &Path) -> Result<Option<String>, StorageError> {
+        self.index.multipart_id(path.as_ref()).await
     }
 
     pub async fn put_part(
@@ -91,12 +102,18 @@ impl Multipart {
         }
     }
 
-    /// Aborts every abandoned upload S3 confirms; returns how many it aborted and the
-    /// last error among those it could not.
+    /// Aborts every abandoned upload S3 confirms that no other replica's cleanup holds;
+    /// returns how many it aborted and the last error among those it could not (their
+    /// claims lapse, and whichever cleanup comes next tries again).
     pub async fn retry_abandoned(&self) -> Result<(usize, Option<StorageError>), StorageError> {
         let mut aborted = 0;
         let mut failed = None;
-        for (key, id) in self.index.abandoned_multiparts().await? {
+        let now = crate::files::now_ms();
+        let claimed = self
+            .index
+            .claim_abandoned_multiparts(now, now + CLEANUP_CLAIM.as_millis() as i64)
+            .await?;
+        for (key, id) in claimed {
             let path = Path::from(key);
             match self.s3.abort_multipart(&path, &id).await {
                 // NotFound: it was completed or aborted after all.

@@ -140,7 +140,7 @@ impl fmt::Display for ObjectKey {
 /// 36 characters of lower-case hex and hyphens (`0f8e…-…`, as `Uuid`'s `Display` writes
 /// it). `Uuid::parse_str` alone would also take upper case, braces, `urn:uuid:` and the
 /// bare 32 digits, so one session could be addressed under several names: in the chunk
-/// registry, the running digests and the staging paths those would be different sessions.
+/// announcements and the staging paths those would be different sessions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct UploadId(Uuid);
 

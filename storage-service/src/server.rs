@@ -20,6 +20,7 @@ use crate::memory::UploadMemory;
 use crate::multipart::Multipart;
 use crate::policy::UploadPolicy;
 use crate::service::StorageApi;
+use crate::sessions::{ChunkStore, S3Parts, Sessions, Staging};
 use crate::usage::LEASE_RENEWAL;
 
 /// Room for a message's framing around its largest chunk.
@@ -127,6 +128,23 @@ async fn build(config: &Config, holder: &str) -> Result<Storage, StorageError> {
             "multipart uploads of a previous run will be aborted"
         );
     }
+    let chunks = match &multipart {
+        Some(multipart) => ChunkStore::S3(S3Parts::new(
+            multipart.clone(),
+            backend.reads.clone(),
+            backend.object_options(),
+        )),
+        None => ChunkStore::Local(Staging::new(backend.store.clone())),
+    };
+    let policy = UploadPolicy::new(config.max_upload_bytes, &config.allowed_content_types);
+    let sessions = Sessions::new(
+        index.clone(),
+        chunks,
+        config.limits(),
+        policy.max_bytes,
+        config.max_chunk_bytes,
+        config.upload_session_ttl(),
+    );
     Ok(Storage {
         backend,
         index,
@@ -137,15 +155,13 @@ async fn build(config: &Config, holder: &str) -> Result<Storage, StorageError> {
             config.upload_part_size.max(config.max_chunk_bytes),
             config.upload_memory_wait(),
         )?,
-        policy: UploadPolicy::new(config.max_upload_bytes, &config.allowed_content_types),
+        policy,
         part_size: usize::try_from(config.upload_part_size)
             .map_err(|_| StorageError::Internal("UPLOAD_PART_SIZE is too large".into()))?,
         parts_in_flight: config.upload_parts_in_flight as usize,
         max_chunk_bytes: config.max_chunk_bytes,
-        session_ttl: config.upload_session_ttl(),
         limits: config.limits(),
-        digests: Default::default(),
-        appending: Default::default(),
+        sessions,
     })
 }
 
@@ -187,7 +203,7 @@ async fn clean_up(storage: Arc<Storage>, interval: Duration) {
     loop {
         ticks.tick().await;
         storage.upload_memory.trim();
-        match storage.purge_expired_sessions().await {
+        match storage.sessions.sweep_expired().await {
             Ok(0) => {}
             Ok(purged) => tracing::info!(purged, "removed expired upload sessions"),
             Err(err) => {

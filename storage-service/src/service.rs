@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
 use crate::error::StorageError;
-use crate::files::{ByteRange, DownloadStream, Storage, now_ms, timestamp_ms};
+use crate::files::{ByteRange, DownloadStream, NewFile, Storage, now_ms, timestamp_ms};
 use crate::index::FileRow;
 use crate::names::UploadId;
 use crate::protocol::{Step, UploadProtocol};
@@ -136,9 +136,8 @@ impl StorageService for StorageApi {
     ) -> Result<Response<CreateUploadResponse>, Status> {
         let user = self.verifier.authenticate(&request).await?;
         let metadata = required(request.into_inner().metadata)?;
-        Ok(Response::new(
-            self.storage.create_session(user, metadata).await?,
-        ))
+        let file = self.storage.plan(user, metadata)?;
+        Ok(Response::new(self.storage.sessions.create(file).await?))
     }
 
     async fn upload_chunk(
@@ -151,6 +150,7 @@ impl StorageService for StorageApi {
         let id = UploadId::parse(&chunk.upload_id)?;
         let offset = self
             .storage
+            .sessions
             .append(user, id, chunk.offset, chunk.data)
             .await?;
         Ok(Response::new(UploadChunkResponse { offset }))
@@ -162,7 +162,7 @@ impl StorageService for StorageApi {
     ) -> Result<Response<GetUploadStatusResponse>, Status> {
         let user = self.verifier.authenticate(&request).await?;
         let id = UploadId::parse(&request.into_inner().upload_id)?;
-        Ok(Response::new(self.storage.session_status(user, id).await?))
+        Ok(Response::new(self.storage.sessions.status(user, id).await?))
     }
 
     async fn complete_upload(
@@ -172,7 +172,11 @@ impl StorageService for StorageApi {
         let user = self.verifier.authenticate(&request).await?;
         let storage = self.storage.clone();
         let id = UploadId::parse(&request.into_inner().upload_id)?;
-        let row = detached(async move { storage.complete(user, id).await }).await?;
+        let row = detached(async move {
+            let open_sink = |file: &NewFile| storage.open_sink(file);
+            storage.sessions.complete(user, id, open_sink).await
+        })
+        .await?;
         let file = self.storage.describe(&row).await?;
         Ok(Response::new(CompleteUploadResponse { file: Some(file) }))
     }
@@ -183,7 +187,7 @@ impl StorageService for StorageApi {
     ) -> Result<Response<AbortUploadResponse>, Status> {
         let user = self.verifier.authenticate(&request).await?;
         let id = UploadId::parse(&request.into_inner().upload_id)?;
-        self.storage.abort_session(user, id).await?;
+        self.storage.sessions.abort(user, id).await?;
         Ok(Response::new(AbortUploadResponse {}))
     }
 

@@ -11,7 +11,8 @@ use strongbox_proto::storage::v1::storage_service_client::StorageServiceClient;
 use strongbox_proto::storage::v1::{
     CompleteUploadRequest, CreateUploadRequest, CreateUploadResponse, DownloadRequest, FileInfo,
     FileMetadata, GetUploadStatusRequest, GetUsageRequest, GetUsageResponse, ListFilesRequest,
-    PutFileRequest, UploadEnd, UploadRequest, UploadResponse, download_response, upload_request,
+    PutFileRequest, UploadChunkRequest, UploadEnd, UploadRequest, UploadResponse,
+    download_response, upload_request,
 };
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
@@ -285,6 +286,27 @@ impl User {
             .await
             .expect("CreateUpload")
             .into_inner()
+    }
+
+    /// Sends `data` at `offset` of a resumable session (UploadChunk); the session's new
+    /// length.
+    pub async fn upload_chunk(
+        &self,
+        upload_id: &str,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u64, Status> {
+        let request = self.req(UploadChunkRequest {
+            upload_id: upload_id.to_owned(),
+            offset,
+            data: Bytes::copy_from_slice(data),
+        });
+        Ok(self
+            .client()
+            .upload_chunk(request)
+            .await?
+            .into_inner()
+            .offset)
     }
 
     /// Completes a resumable session into its file.

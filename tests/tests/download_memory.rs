@@ -183,7 +183,7 @@ async fn upload(storage_url: &str, token: &str) -> (String, String) {
     };
     let mut digest = Sha256::new();
     chunks().for_each(|chunk| digest.update(&chunk));
-    let sha256 = format!("{:x}", digest.finalize());
+    let sha256 = hex::encode(digest.finalize());
     let declared = FileMetadata {
         size: Some(FILE_SIZE),
         sha256: Some(sha256.clone()),
@@ -212,7 +212,7 @@ async fn read_to_end(download: &mut tonic::Streaming<DownloadResponse>) -> (u64,
             other => panic!("Download sent {other:?} in the middle of the file"),
         }
     }
-    (received, format!("{:x}", digest.finalize()))
+    (received, hex::encode(digest.finalize()))
 }
 
 fn free_url() -> String {

@@ -20,14 +20,16 @@ use futures::future::join_all;
 use strongbox_proto::auth::v1::auth_service_client::AuthServiceClient;
 use strongbox_proto::auth::v1::{LoginRequest, MeRequest, RefreshRequest};
 use strongbox_proto::storage::v1::storage_service_client::StorageServiceClient;
-use strongbox_proto::storage::v1::{ListFilesRequest, UploadRequest};
+use strongbox_proto::storage::v1::{FileMetadata, ListFilesRequest, UploadRequest};
 use strongbox_tests::Scratch;
 use strongbox_tests::auth::{new_account, with_bearer};
 use strongbox_tests::database::new_postgres_database;
 use strongbox_tests::metrics::Scrape;
 use strongbox_tests::process::ServiceProcess;
 use strongbox_tests::s3::{ACCESS_KEY, SECRET_KEY, TestS3};
-use strongbox_tests::storage::{BUCKET, User, chunk_message, end_message, metadata, pseudo_random};
+use strongbox_tests::storage::{
+    BUCKET, User, chunk_message, end_message, metadata, pseudo_random, sha256_hex,
+};
 use strongbox_tests::tools::workspace_binary;
 use tokio::sync::mpsc;
 use tonic::Code;
@@ -635,4 +637,132 @@ async fn a_replica_restarted_mid_stream_leaves_its_peers_upload_alone_and_one_ki
     let (_, downloaded) = user.download(&retried.key).await.expect("Download");
     assert!(downloaded == content, "byte-identical");
     assert_eq!(user.list_all().await.len(), 4);
+}
+
+/// Calls of `operation` this storage replica made to S3.
+async fn s3_requests(replica: &Replica, operation: &str) -> f64 {
+    Scrape::of(replica.metrics)
+        .await
+        .value("strongbox_s3_requests_total", &[("operation", operation)])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_served_by_any_replica_and_survives_one_killed_in_its_middle() {
+    const PART: usize = 5 * MIB;
+    let mut deployment = Deployment::start(1).await;
+    let user = deployment.user("sessions@example.com").await;
+    let replicas = [
+        on_replica(&user, &deployment.storage[0]),
+        on_replica(&user, &deployment.storage[1]),
+    ];
+
+    // Chunks alternate between the replicas; two of them are sent at once, the later
+    // one to the other replica, where it must wait for its predecessor's part there.
+    let content = pseudo_random(4 * PART + MIB, 21);
+    let declared = FileMetadata {
+        size: Some(content.len() as u64),
+        sha256: Some(sha256_hex(&content)),
+        ..metadata("alternating.bin", "")
+    };
+    let session = replicas[0].create_session(declared).await;
+    let id = session.upload_id.as_str();
+    let chunk = |index: usize| &content[index * PART..((index + 1) * PART).min(content.len())];
+    assert_eq!(
+        replicas[1]
+            .upload_chunk(id, 0, chunk(0))
+            .await
+            .expect("chunk 0"),
+        PART as u64
+    );
+    assert_eq!(
+        replicas[0]
+            .upload_chunk(id, PART as u64, chunk(1))
+            .await
+            .expect("chunk 1"),
+        2 * PART as u64
+    );
+    let (third, fourth) = tokio::join!(
+        replicas[1].upload_chunk(id, 2 * PART as u64, chunk(2)),
+        replicas[0].upload_chunk(id, 3 * PART as u64, chunk(3)),
+    );
+    assert_eq!(third.expect("chunk 2"), 3 * PART as u64);
+    assert_eq!(fourth.expect("chunk 3, sent ahead"), 4 * PART as u64);
+    assert_eq!(
+        replicas[1]
+            .upload_chunk(id, 4 * PART as u64, chunk(4))
+            .await
+            .expect("the last chunk"),
+        content.len() as u64
+    );
+    // The replica completing it saw only some chunks: it finishes the digest kept with
+    // the session instead of reading the object back.
+    let reads_before = s3_requests(&deployment.storage[0], "get").await;
+    let file = replicas[0].complete_session(id).await;
+    assert_eq!(file.sha256, sha256_hex(&content));
+    assert_eq!(
+        s3_requests(&deployment.storage[0], "get").await,
+        reads_before
+    );
+    let (_, downloaded) = user.download(&file.key).await.expect("Download");
+    assert!(downloaded == content, "byte-identical");
+
+    // Replica 0 killed while a chunk of a session is on its way to it: the session
+    // goes on from where the other replica says it stands, and completes intact.
+    let content = pseudo_random(3 * PART, 22);
+    let declared = FileMetadata {
+        size: Some(content.len() as u64),
+        sha256: Some(sha256_hex(&content)),
+        ..metadata("survivor.bin", "")
+    };
+    let session = replicas[0].create_session(declared).await;
+    let id = session.upload_id.clone();
+    replicas[0]
+        .upload_chunk(&id, 0, &content[..PART])
+        .await
+        .expect("chunk 0");
+    let on_its_way = {
+        let (replica, id, data) = (
+            on_replica(&user, &deployment.storage[0]),
+            id.clone(),
+            content[PART..2 * PART].to_vec(),
+        );
+        tokio::spawn(async move { replica.upload_chunk(&id, PART as u64, &data).await })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    deployment.storage[0].kill().await;
+    // Acknowledged or cut off: either way the other replica knows where it stands.
+    let acknowledged = on_its_way.await.expect("the call task").ok();
+    let offset = replicas[1].session_offset(&id).await;
+    assert!(
+        offset == PART as u64 || offset == 2 * PART as u64,
+        "the session holds whole chunks: {offset}"
+    );
+    if let Some(acknowledged) = acknowledged {
+        assert_eq!(offset, acknowledged, "an acknowledged chunk is kept");
+    }
+    for start in (offset as usize..content.len()).step_by(PART) {
+        replicas[1]
+            .upload_chunk(&id, start as u64, &content[start..start + PART])
+            .await
+            .expect("the session continues on the replica left");
+    }
+    let file = replicas[1].complete_session(&id).await;
+    assert_eq!(file.sha256, sha256_hex(&content));
+    let (_, downloaded) = user.download(&file.key).await.expect("Download");
+    assert!(downloaded == content, "byte-identical");
+
+    // Every file listed once; no multipart upload of either session left behind.
+    let mut listed: Vec<String> = user
+        .list_all()
+        .await
+        .into_iter()
+        .map(|file| file.filename)
+        .collect();
+    listed.sort();
+    assert_eq!(listed, ["alternating.bin", "survivor.bin"]);
+    assert!(
+        deployment.s3.multipart_files().is_empty(),
+        "no multipart upload left: {:?}",
+        deployment.s3.multipart_files()
+    );
 }

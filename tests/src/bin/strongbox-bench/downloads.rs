@@ -257,7 +257,7 @@ impl<'a> Received<'a> {
         );
         if let Some(digest) = self.digest {
             assert_eq!(
-                format!("{:x}", digest.finalize()),
+                hex::encode(digest.finalize()),
                 self.files.sha256,
                 "{path} delivered other bytes than were uploaded"
             );

@@ -173,7 +173,7 @@ pub fn chunks(
 pub fn content_sha256(size: u64, block: &Bytes) -> String {
     let mut digest = Sha256::new();
     chunks(size, block, block.len() as u64).for_each(|chunk| digest.update(&chunk));
-    format!("{:x}", digest.finalize())
+    hex::encode(digest.finalize())
 }
 
 pub fn human(size: u64) -> String {

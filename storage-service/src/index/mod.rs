@@ -20,6 +20,10 @@ use crate::error::StorageError;
 use crate::names::{ObjectKey, UploadId};
 use crate::usage::{Admission, InFlight, LEASE, Limits, Usage};
 
+mod sessions;
+
+pub use sessions::{Removal, Removed};
+
 #[derive(Debug, Clone, FromRow)]
 pub struct FileRow {
     pub key: String,
@@ -30,30 +34,6 @@ pub struct FileRow {
     pub sha256: String,
     /// Unix milliseconds.
     pub created_at: i64,
-}
-
-#[derive(Debug, Clone, FromRow)]
-pub struct SessionRow {
-    pub id: String,
-    pub user_id: String,
-    pub key: String,
-    pub filename: String,
-    pub content_type: String,
-    pub declared_size: Option<i64>,
-    pub declared_sha256: Option<String>,
-    pub received: i64,
-    /// Bytes held against the user's quota (see `usage.rs`).
-    pub reserved: i64,
-    pub state: String,
-    pub created_at: i64,
-    pub expires_at: i64,
-}
-
-#[derive(Debug, Clone, FromRow)]
-pub struct ChunkRow {
-    pub start: i64,
-    pub length: i64,
-    pub etag: Option<String>,
 }
 
 /// Where a listing page starts: just after this (created_at, key).
@@ -168,57 +148,6 @@ impl Index {
                 .rows_affected()
         });
         Ok(deleted > 0)
-    }
-
-    /// Records a new session if its user may open one (see [`Limits::admit`]): the
-    /// session holds `session.reserved` bytes of the quota and counts as a file.
-    pub async fn admit_session(
-        &self,
-        session: &SessionRow,
-        limits: &Limits,
-    ) -> Result<(), StorageError> {
-        let user = parse_user(&session.user_id)?;
-        on_pool!(&self.pool, pool => {
-            let mut tx = pool.begin_write(&usage_lock(user)).await?;
-            let usage = tx.locked_usage(user, session.created_at, None).await?;
-            limits.admit(
-                &usage,
-                Admission::Session {
-                    bytes: session.reserved as u64,
-                },
-            )?;
-            sqlx::query(
-                "INSERT INTO upload_sessions (id, user_id, key, filename, content_type,
-                     declared_size, declared_sha256, received, reserved, state, created_at,
-                     expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, 'open', $9, $10)",
-            )
-            .bind(&session.id)
-            .bind(&session.user_id)
-            .bind(&session.key)
-            .bind(&session.filename)
-            .bind(&session.content_type)
-            .bind(session.declared_size)
-            .bind(&session.declared_sha256)
-            .bind(session.reserved)
-            .bind(session.created_at)
-            .bind(session.expires_at)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-        });
-        Ok(())
-    }
-
-    /// Resumable sessions still open, of all users.
-    pub async fn open_sessions(&self, now_ms: i64) -> Result<u64, StorageError> {
-        let (open,): (i64,) = on_pool!(&self.pool, pool => {
-            sqlx::query_as("SELECT COUNT(*) FROM upload_sessions WHERE expires_at > $1")
-                .bind(now_ms)
-                .fetch_one(pool)
-                .await?
-        });
-        Ok(u64::try_from(open).unwrap_or(0))
     }
 
     /// What `user` stores and has in progress now.
@@ -411,94 +340,6 @@ impl Index {
         }
     }
 
-    /// A live session of `user`; unknown, foreign and expired ones are all "not found".
-    pub async fn session(
-        &self,
-        user: Uuid,
-        id: UploadId,
-        now_ms: i64,
-    ) -> Result<SessionRow, StorageError> {
-        let row: Option<SessionRow> = on_pool!(&self.pool, pool => {
-            sqlx::query_as(
-                "SELECT * FROM upload_sessions WHERE id = $1 AND user_id = $2 AND expires_at > $3",
-            )
-            .bind(id.to_string())
-            .bind(user.to_string())
-            .bind(now_ms)
-            .fetch_optional(pool)
-            .await?
-        });
-        row.ok_or(StorageError::NotFound(
-            "no upload session with this id (it may have expired or been completed); start a new upload",
-        ))
-    }
-
-    /// Records a chunk at `start` (with its part's ETag on S3) if the session still ends
-    /// there (compare and set: of two racing writers of one offset, one wins). Returns
-    /// the new length.
-    pub async fn append_chunk(
-        &self,
-        id: UploadId,
-        start: i64,
-        length: i64,
-        etag: Option<&str>,
-    ) -> Result<Option<i64>, StorageError> {
-        on_pool!(&self.pool, pool => {
-            let mut tx = pool.begin_write(&format!("session:{id}")).await?;
-            let advanced = sqlx::query(
-                "UPDATE upload_sessions SET received = received + $1
-                 WHERE id = $2 AND received = $3 AND state = 'open'",
-            )
-            .bind(length)
-            .bind(id.to_string())
-            .bind(start)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if advanced == 0 {
-                return Ok(None);
-            }
-            sqlx::query(
-                "INSERT INTO upload_chunks (session_id, start, length, etag) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(id.to_string())
-            .bind(start)
-            .bind(length)
-            .bind(etag)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-        });
-        Ok(Some(start + length))
-    }
-
-    /// The chunks of a session, in order.
-    pub async fn chunks(&self, id: UploadId) -> Result<Vec<ChunkRow>, StorageError> {
-        Ok(on_pool!(&self.pool, pool => {
-            sqlx::query_as(
-                "SELECT start, length, etag FROM upload_chunks WHERE session_id = $1 ORDER BY start",
-            )
-            .bind(id.to_string())
-            .fetch_all(pool)
-            .await?
-        }))
-    }
-
-    /// How many chunks a session has, and the length of its last one.
-    pub async fn chunk_tail(&self, id: UploadId) -> Result<(i64, Option<i64>), StorageError> {
-        Ok(on_pool!(&self.pool, pool => {
-            sqlx::query_as(
-                "SELECT COUNT(*),
-                        (SELECT length FROM upload_chunks WHERE session_id = $1
-                         ORDER BY start DESC LIMIT 1)
-                 FROM upload_chunks WHERE session_id = $1",
-            )
-            .bind(id.to_string())
-            .fetch_one(pool)
-            .await?
-        }))
-    }
-
     /// Notes a multipart upload before its first part is sent.
     pub async fn record_multipart(&self, key: &str, upload_id: &str) -> Result<(), StorageError> {
         let now = crate::files::now_ms();
@@ -596,64 +437,31 @@ impl Index {
         }))
     }
 
+    /// Claims the abandoned multipart uploads no replica holds (or whose holder's claim
+    /// lapsed) until `until`: (key, upload id). One `UPDATE`, so of two replicas'
+    /// cleanups each upload goes to one.
+    pub async fn claim_abandoned_multiparts(
+        &self,
+        now_ms: i64,
+        until: i64,
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        Ok(on_pool!(&self.pool, pool => {
+            sqlx::query_as(
+                "UPDATE multipart_uploads SET claimed_until = $1
+                 WHERE abandoned = 1 AND (claimed_until IS NULL OR claimed_until <= $2)
+                 RETURNING key, upload_id",
+            )
+            .bind(until)
+            .bind(now_ms)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
     /// Multipart uploads waiting to be aborted: (key, upload id).
     pub async fn abandoned_multiparts(&self) -> Result<Vec<(String, String)>, StorageError> {
         Ok(on_pool!(&self.pool, pool => {
             sqlx::query_as("SELECT key, upload_id FROM multipart_uploads WHERE abandoned = 1")
-                .fetch_all(pool)
-                .await?
-        }))
-    }
-
-    /// Moves a session between 'open' and 'completing'; false if it was not in `from`.
-    pub async fn set_session_state(
-        &self,
-        id: UploadId,
-        from: &str,
-        to: &str,
-    ) -> Result<bool, StorageError> {
-        let moved = on_pool!(&self.pool, pool => {
-            sqlx::query("UPDATE upload_sessions SET state = $1 WHERE id = $2 AND state = $3")
-                .bind(to)
-                .bind(id.to_string())
-                .bind(from)
-                .execute(pool)
-                .await?
-                .rows_affected()
-        });
-        Ok(moved > 0)
-    }
-
-    /// Turns a completed session into its file row, in one transaction.
-    pub async fn complete_session(&self, id: UploadId, file: &FileRow) -> Result<(), StorageError> {
-        let user = parse_user(&file.user_id)?;
-        on_pool!(&self.pool, pool => {
-            let mut tx = pool.begin_write(&usage_lock(user)).await?;
-            tx.insert_file(file).await?;
-            sqlx::query("DELETE FROM upload_sessions WHERE id = $1")
-                .bind(id.to_string())
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-        });
-        Ok(())
-    }
-
-    pub async fn delete_session(&self, id: UploadId) -> Result<(), StorageError> {
-        on_pool!(&self.pool, pool => {
-            sqlx::query("DELETE FROM upload_sessions WHERE id = $1")
-                .bind(id.to_string())
-                .execute(pool)
-                .await?;
-        });
-        Ok(())
-    }
-
-    /// Sessions whose time ran out.
-    pub async fn expired_sessions(&self, now_ms: i64) -> Result<Vec<SessionRow>, StorageError> {
-        Ok(on_pool!(&self.pool, pool => {
-            sqlx::query_as("SELECT * FROM upload_sessions WHERE expires_at <= $1")
-                .bind(now_ms)
                 .fetch_all(pool)
                 .await?
         }))
@@ -808,7 +616,7 @@ fn parse_user(raw: &str) -> Result<Uuid, StorageError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     const UNLIMITED: Limits = Limits {
@@ -817,6 +625,23 @@ mod tests {
         max_open_sessions: 10,
         max_concurrent_uploads: 10,
     };
+
+    /// A session of `user` at `key` without declared size, open for a minute.
+    pub(super) fn new_session(user: Uuid, key: &str, now: i64) -> crate::sessions::Session {
+        let file = crate::files::NewFile {
+            user,
+            key: ObjectKey::from_stored(key.to_owned()),
+            filename: "s.bin".into(),
+            content_type: crate::policy::ContentType::parse("application/octet-stream").unwrap(),
+            expect: crate::sink::Expectations {
+                max_bytes: u64::MAX,
+                size: None,
+                sha256: None,
+            },
+        };
+        let digest = Some(crate::sessions::RunningDigest::default());
+        crate::sessions::Session::new(&file, now, std::time::Duration::from_secs(60), digest)
+    }
 
     async fn abandoned(index: &Index) -> Vec<String> {
         let mut keys: Vec<String> = index
@@ -845,20 +670,7 @@ mod tests {
         let second_stream = second.admit_file(user, 0, &UNLIMITED).await.unwrap();
         second.record_multipart("u/second", "id-2").await.unwrap();
         let now = crate::files::now_ms();
-        let session = SessionRow {
-            id: UploadId::generate().to_string(),
-            user_id: user.to_string(),
-            key: "u/session".into(),
-            filename: "s.bin".into(),
-            content_type: "application/octet-stream".into(),
-            declared_size: None,
-            declared_sha256: None,
-            received: 0,
-            reserved: 0,
-            state: "open".into(),
-            created_at: now,
-            expires_at: now + 60_000,
-        };
+        let session = new_session(user, "u/session", now);
         first.admit_session(&session, &UNLIMITED).await.unwrap();
         first.record_multipart("u/session", "id-3").await.unwrap();
 
