@@ -52,6 +52,35 @@ pub struct Config {
     #[arg(long, env = "JWT_PRIVATE_KEY_PATH")]
     pub jwt_private_key_path: Option<PathBuf>,
 
+    /// The Ed25519 signing key itself, PEM (PKCS#8), in place of the key file: for
+    /// replicas that share no volume, each given the same value. `\n` may stand for the
+    /// line breaks. Rotate it with JWT_PUBLISHED_KEYS (see the README).
+    #[arg(
+        long,
+        env = "JWT_PRIVATE_KEY",
+        hide_env_values = true,
+        conflicts_with_all = ["jwt_private_key_path", "jwt_secret"]
+    )]
+    pub jwt_private_key: Option<Secret>,
+
+    /// More Ed25519 keys, PEM (PKCS#8) one after another, that are published for
+    /// verification but never sign: during a rotation, the next key before it signs,
+    /// then the previous one while its tokens live.
+    #[arg(
+        long,
+        env = "JWT_PUBLISHED_KEYS",
+        hide_env_values = true,
+        requires = "jwt_private_key"
+    )]
+    pub jwt_published_keys: Option<Secret>,
+
+    /// The key each refresh token's successor is derived from, hex (at least 32 bytes),
+    /// so a retried Refresh gets the same new token from any replica; replicas that
+    /// share no DATA_DIR need the same value [default: generated in
+    /// <DATA_DIR>/refresh-token-key].
+    #[arg(long, env = "REFRESH_TOKEN_KEY", hide_env_values = true)]
+    pub refresh_token_key: Option<Secret>,
+
     /// Shared HS256 secret (at least 32 bytes). When set, tokens are signed with it
     /// instead of Ed25519 and every verifier needs the same secret.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]

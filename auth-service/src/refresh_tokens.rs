@@ -23,6 +23,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
+use strongbox_common::config::Secret;
 use strongbox_common::secrets;
 
 use crate::error::AuthError;
@@ -94,6 +95,15 @@ impl SuccessorKey {
             AuthError::Internal(format!(
                 "refresh-token key {}: {why}; delete the file to generate a new key",
                 path.display()
+            ))
+        })
+    }
+
+    /// The key given in REFRESH_TOKEN_KEY.
+    pub fn from_setting(setting: &Secret) -> Result<Self, AuthError> {
+        Self::parse(setting.expose()).map_err(|why| {
+            AuthError::Internal(format!(
+                "REFRESH_TOKEN_KEY: {why}; make one with `openssl rand -hex 32`"
             ))
         })
     }

@@ -58,14 +58,18 @@ async fn build(config: &Config) -> Result<AuthApi, AuthError> {
         ))
     })?;
     let store = Store::connect(&config.database_url()).await?;
-    let signer = match &config.jwt_secret {
-        Some(secret) => TokenSigner::hs256(secret, config.access_token_ttl())?,
-        None => TokenSigner::ed25519_from_file(
-            &config.jwt_private_key_path(),
-            config.access_token_ttl(),
-        )?,
+    let ttl = config.access_token_ttl();
+    let signer = match (&config.jwt_secret, &config.jwt_private_key) {
+        (Some(secret), _) => TokenSigner::hs256(secret, ttl)?,
+        (None, Some(key)) => {
+            TokenSigner::ed25519_from_environment(key, config.jwt_published_keys.as_ref(), ttl)?
+        }
+        (None, None) => TokenSigner::ed25519_from_file(&config.jwt_private_key_path(), ttl)?,
     };
-    let successor_key = SuccessorKey::read_or_create(&config.refresh_token_key_path())?;
+    let successor_key = match &config.refresh_token_key {
+        Some(key) => SuccessorKey::from_setting(key)?,
+        None => SuccessorKey::read_or_create(&config.refresh_token_key_path())?,
+    };
     let hasher = PasswordHasher::new(config.bcrypt_rounds, config.password_hash_queue).await?;
     Ok(AuthApi {
         verifier: signer.verifier(),

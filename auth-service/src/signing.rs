@@ -32,7 +32,8 @@ enum Key {
 /// The Ed25519 key set as last read from disk, and this service's own verifier, kept
 /// in step with it.
 struct Ed25519Keys {
-    files: KeyFiles,
+    /// Where the set is reloaded from; `None` for keys given in the environment.
+    files: Option<KeyFiles>,
     set: RwLock<Arc<KeySet>>,
     verifier: Verifier,
     retired_lifetime: Duration,
@@ -62,6 +63,22 @@ impl TokenSigner {
     pub fn ed25519_from_file(path: &Path, ttl: Duration) -> Result<Self, AuthError> {
         let files = KeyFiles::beside(path);
         let set = files.load()?;
+        Ok(Self::ed25519(Some(files), set, ttl))
+    }
+
+    /// Ed25519 with the keys given in JWT_PRIVATE_KEY and JWT_PUBLISHED_KEYS (see
+    /// [`KeySet::from_environment`]); they change only with the environment, so nothing
+    /// is reloaded.
+    pub fn ed25519_from_environment(
+        signing: &Secret,
+        published: Option<&Secret>,
+        ttl: Duration,
+    ) -> Result<Self, AuthError> {
+        let set = KeySet::from_environment(signing.expose(), published.map(Secret::expose))?;
+        Ok(Self::ed25519(None, set, ttl))
+    }
+
+    fn ed25519(files: Option<KeyFiles>, set: KeySet, ttl: Duration) -> Self {
         let retired_lifetime = retired_key_lifetime(ttl);
         let verifier = Verifier::ed25519(verification_keys(&set, retired_lifetime));
         let keys = Arc::new(Ed25519Keys {
@@ -70,13 +87,14 @@ impl TokenSigner {
             verifier,
             retired_lifetime,
         });
+        // Keys from the environment leave the published set as time passes too.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(reload_periodically(Arc::downgrade(&keys)));
         }
-        Ok(Self {
+        Self {
             key: Key::Ed25519(keys),
             ttl,
-        })
+        }
     }
 
     pub fn ttl(&self) -> Duration {
@@ -149,7 +167,15 @@ impl Ed25519Keys {
     /// swaps the set and updates the verifier. A bad file is logged and the known keys
     /// keep working.
     async fn reload(&self) {
-        let files = self.files.clone();
+        if let Some(files) = self.files.clone() {
+            self.reload_files(files).await;
+        }
+        // Every time: keys also leave the published set as time passes.
+        let keys = verification_keys(&self.current(), self.retired_lifetime);
+        self.verifier.replace_ed25519_keys(keys).await;
+    }
+
+    async fn reload_files(&self, files: KeyFiles) {
         let loaded = match tokio::task::spawn_blocking(move || files.reload()).await {
             Ok(Ok(set)) => set,
             Ok(Err(err)) => {
@@ -166,9 +192,6 @@ impl Ed25519Keys {
             tracing::info!(kids = ?loaded.kids(), "signing keys changed");
             *self.set.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(loaded);
         }
-        // Every time: keys also leave the published set as time passes.
-        let keys = verification_keys(&self.current(), self.retired_lifetime);
-        self.verifier.replace_ed25519_keys(keys).await;
     }
 }
 

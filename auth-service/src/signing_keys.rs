@@ -69,9 +69,11 @@ impl SigningKey {
     }
 }
 
-/// Every key on disk, oldest activation first (never empty: the original key is first).
+/// Every key on disk, oldest activation first (never empty: the original key is first),
+/// and the keys published beside them that never sign (`JWT_PUBLISHED_KEYS`).
 pub struct KeySet {
     keys: Vec<SigningKey>,
+    published_only: Vec<SigningKey>,
 }
 
 impl KeySet {
@@ -101,12 +103,67 @@ impl KeySet {
                 Some(next) => next.activates_at.saturating_add(token_lifetime.as_secs()) > now,
             })
             .map(|(key, _)| key)
+            .chain(&self.published_only)
     }
 
     /// The kids, in order, to tell whether a reload changed anything.
     pub fn kids(&self) -> Vec<&str> {
-        self.keys.iter().map(|key| key.kid.as_str()).collect()
+        self.keys
+            .iter()
+            .chain(&self.published_only)
+            .map(|key| key.kid.as_str())
+            .collect()
     }
+
+    /// The keys given in the environment: `signing` (JWT_PRIVATE_KEY) signs, each key
+    /// in `published` (JWT_PUBLISHED_KEYS) is only published. Replicas given the same
+    /// values sign and publish alike with no file between them; a rotation is two
+    /// rollouts of new values (see the README), during which every replica publishes
+    /// every key any replica signs with.
+    pub fn from_environment(signing: &str, published: Option<&str>) -> Result<Self, AuthError> {
+        let signing_pems = pem_blocks(signing);
+        let [signing_pem] = signing_pems.as_slice() else {
+            return Err(AuthError::Internal(format!(
+                "JWT_PRIVATE_KEY must hold exactly one PEM key, not {}; put the keys that \
+                 only verify in JWT_PUBLISHED_KEYS",
+                signing_pems.len()
+            )));
+        };
+        let key = SigningKey::from_pem(signing_pem, 0, Path::new("JWT_PRIVATE_KEY"))?;
+        let mut published_only: Vec<SigningKey> = Vec::new();
+        for pem in pem_blocks(published.unwrap_or_default()) {
+            let extra = SigningKey::from_pem(&pem, u64::MAX, Path::new("JWT_PUBLISHED_KEYS"))?;
+            let known = extra.kid == key.kid || published_only.iter().any(|k| k.kid == extra.kid);
+            if !known {
+                published_only.push(extra);
+            }
+        }
+        Ok(Self {
+            keys: vec![key],
+            published_only,
+        })
+    }
+}
+
+/// The PEM blocks in `text`, each whole; `\n` written out (as a one-line environment
+/// value holds it) stands for a line break.
+fn pem_blocks(text: &str) -> Vec<String> {
+    let text = text.replace("\\n", "\n");
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines().map(str::trim).filter(|line| !line.is_empty()) {
+        if line.starts_with("-----BEGIN ") {
+            current = Some(String::new());
+        }
+        if let Some(block) = current.as_mut() {
+            block.push_str(line);
+            block.push('\n');
+            if line.starts_with("-----END ") {
+                blocks.extend(current.take());
+            }
+        }
+    }
+    blocks
 }
 
 /// How long after a key is superseded its tokens may still verify: their lifetime, the
@@ -146,7 +203,10 @@ impl KeyFiles {
             })?;
             keys.push(SigningKey::from_pem(&pem, activates_at, &path)?);
         }
-        Ok(KeySet { keys })
+        Ok(KeySet {
+            keys,
+            published_only: Vec::new(),
+        })
     }
 
     /// Reads every key as [`KeyFiles::load`] does, but never creates one: while the
@@ -251,6 +311,13 @@ pub fn rotate(config: &Config) -> Result<Rotation, AuthError> {
                 .into(),
         ));
     }
+    if config.jwt_private_key.is_some() {
+        return Err(AuthError::Internal(
+            "JWT_PRIVATE_KEY is set: the key comes from the environment, not a file this \
+             command can add to; rotate it with JWT_PUBLISHED_KEYS (see the README)"
+                .into(),
+        ));
+    }
     let files = KeyFiles::beside(&config.jwt_private_key_path());
     let current = files.load()?;
     let now = unix_now();
@@ -330,6 +397,51 @@ mod tests {
         assert_eq!(files.prune(1100, LIFETIME).unwrap(), 0);
         assert_eq!(files.prune(1101, LIFETIME).unwrap(), 1);
         assert_eq!(kids(files.load().unwrap().keys.iter()), [0, 1001]);
+    }
+
+    /// Keys from the environment: the one in JWT_PRIVATE_KEY signs, the ones in
+    /// JWT_PUBLISHED_KEYS are published and never sign, whichever order a rotation
+    /// puts them in; a one-line value with `\n` for its line breaks reads the same.
+    #[test]
+    fn environment_keys_sign_with_one_and_publish_the_others() {
+        let (old, new) = (generate_pem().unwrap(), generate_pem().unwrap());
+        let kid_of = |pem: &str| {
+            KeySet::from_environment(pem, None)
+                .unwrap()
+                .signing(0)
+                .kid
+                .clone()
+        };
+        let (old_kid, new_kid) = (kid_of(&old), kid_of(&new));
+        let before = KeySet::from_environment(&old, Some(&new)).unwrap();
+        let after = KeySet::from_environment(&new.replace('\n', "\\n"), Some(&old)).unwrap();
+        for (set, signing) in [(&before, &old_kid), (&after, &new_kid)] {
+            for now in [0, u64::MAX] {
+                assert_eq!(&set.signing(now).kid, signing);
+            }
+            let mut published: Vec<&str> = set
+                .published(u64::MAX, LIFETIME)
+                .map(|key| key.kid.as_str())
+                .collect();
+            published.sort();
+            let mut both = vec![old_kid.as_str(), new_kid.as_str()];
+            both.sort();
+            assert_eq!(published, both);
+        }
+        let two = format!("{old}{new}");
+        let err = KeySet::from_environment(&two, None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("exactly one PEM key"), "{err}");
+        let err = KeySet::from_environment(
+            &old,
+            Some("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----"),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("JWT_PUBLISHED_KEYS"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,18 @@ fn help_lists_every_environment_variable() {
         .arg("--help")
         .env("JWT_SECRET", "a-secret-that-must-never-be-printed-anywhere")
         .env(
+            "JWT_PRIVATE_KEY",
+            "a-private-key-that-must-never-be-printed",
+        )
+        .env(
+            "JWT_PUBLISHED_KEYS",
+            "published-keys-that-must-never-be-printed",
+        )
+        .env(
+            "REFRESH_TOKEN_KEY",
+            "a-refresh-key-that-must-never-be-printed",
+        )
+        .env(
             "DATABASE_URL",
             "postgres://strongbox:a-database-password-never-printed@db/auth",
         )
@@ -21,6 +33,9 @@ fn help_lists_every_environment_variable() {
         "DATABASE_URL",
         "JWT_PRIVATE_KEY_PATH",
         "JWT_SECRET",
+        "JWT_PRIVATE_KEY",
+        "JWT_PUBLISHED_KEYS",
+        "REFRESH_TOKEN_KEY",
         "ACCESS_TOKEN_EXPIRE_SECONDS",
         "REFRESH_TOKEN_EXPIRE_SECONDS",
         "BCRYPT_ROUNDS",
@@ -36,8 +51,8 @@ fn help_lists_every_environment_variable() {
         );
     }
     assert!(
-        !help.contains("a-secret-that-must-never-be-printed"),
-        "--help printed JWT_SECRET"
+        !help.contains("must-never-be-printed"),
+        "--help printed JWT_SECRET, JWT_PRIVATE_KEY, JWT_PUBLISHED_KEYS or REFRESH_TOKEN_KEY"
     );
     assert!(
         !help.contains("a-database-password-never-printed"),
@@ -118,4 +133,23 @@ fn rotate_key_refuses_in_shared_secret_mode() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("JWT_SECRET is set"), "{stderr}");
+}
+
+#[test]
+fn rotate_key_refuses_when_the_key_comes_from_the_environment() {
+    let data = tempfile::tempdir().unwrap();
+    let key = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n-----END PRIVATE KEY-----";
+    let output = Command::new(env!("CARGO_BIN_EXE_auth-service"))
+        .arg("rotate-key")
+        .env("DATA_DIR", data.path())
+        .env("JWT_PRIVATE_KEY", key)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("JWT_PUBLISHED_KEYS"), "{stderr}");
+    assert!(
+        !stderr.contains("MC4CAQAw"),
+        "the key is never printed: {stderr}"
+    );
 }

@@ -766,3 +766,130 @@ async fn a_session_is_served_by_any_replica_and_survives_one_killed_in_its_middl
         deployment.s3.multipart_files()
     );
 }
+
+/// A fresh Ed25519 key as PKCS#8 PEM, what JWT_PRIVATE_KEY holds.
+fn ed25519_pem(seed: u8) -> String {
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+    ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
+        .to_pkcs8_pem(LineEnding::LF)
+        .expect("a PEM")
+        .to_string()
+}
+
+/// An auth client calling `replica` directly.
+fn auth_on(replica: &Replica) -> AuthServiceClient<Channel> {
+    AuthServiceClient::new(
+        Endpoint::from_shared(replica.url())
+            .expect("a valid URL")
+            .connect_lazy(),
+    )
+}
+
+async fn me_on(replica: &Replica, access_token: &str) -> Result<String, tonic::Status> {
+    let me = auth_on(replica)
+        .me(with_bearer(MeRequest {}, access_token))
+        .await?;
+    Ok(me.into_inner().user.expect("a user").email)
+}
+
+/// Two auth-services that share no volume — only one PostgreSQL database, and keys
+/// given in the environment — are interchangeable: a token one signs verifies on the
+/// other, a Refresh retried on the other gets the same successor, and a key rotation
+/// done as two rollouts (publish the next key everywhere, then sign with it and keep
+/// publishing the previous one) never leaves a token unverifiable anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_replicas_sharing_no_volume_take_their_keys_from_the_environment_and_rotate_them() {
+    let scratch = Scratch::new();
+    let database = new_postgres_database().await;
+    let (old, new) = (ed25519_pem(1), ed25519_pem(2));
+    let settings = |name: &str, signing: &str, published: &str| {
+        vec![
+            ("DATA_DIR", scratch.join(name).display().to_string()),
+            ("DATABASE_URL", database.clone()),
+            ("BCRYPT_ROUNDS", "4".to_owned()),
+            // One line, as an environment file holds it.
+            ("JWT_PRIVATE_KEY", signing.replace('\n', "\\n")),
+            ("JWT_PUBLISHED_KEYS", published.to_owned()),
+            ("REFRESH_TOKEN_KEY", hex::encode([7u8; 32])),
+        ]
+    };
+    let mut first = Replica::start(
+        "auth-service",
+        "AUTH_LISTEN",
+        &scratch,
+        &settings("first", &old, &new),
+    )
+    .await;
+    let second = Replica::start(
+        "auth-service",
+        "AUTH_LISTEN",
+        &scratch,
+        &settings("second", &old, &new),
+    )
+    .await;
+
+    let tokens = new_account(
+        Endpoint::from_shared(first.url()).unwrap().connect_lazy(),
+        "env-keys@example.com",
+        "correct horse battery",
+    )
+    .await;
+    assert_eq!(
+        me_on(&second, &tokens.access_token)
+            .await
+            .expect("Me on the other replica"),
+        "env-keys@example.com"
+    );
+    // A Refresh retried on the other replica (its answer was lost) gets the same pair.
+    let refresh = |replica: &Replica| {
+        let mut client = auth_on(replica);
+        let refresh_token = tokens.refresh_token.clone();
+        async move {
+            client
+                .refresh(RefreshRequest { refresh_token })
+                .await
+                .expect("Refresh")
+                .into_inner()
+                .tokens
+                .expect("a token pair")
+                .refresh_token
+        }
+    };
+    assert_eq!(refresh(&first).await, refresh(&second).await);
+
+    // The second rollout reaches the first replica: it signs with the new key and
+    // publishes the old one. Its tokens verify on the replica not yet rolled, and the
+    // old tokens still verify on it.
+    first.kill().await;
+    for (name, value) in settings("first", &new, &old) {
+        first.environment.insert(name.to_owned(), value);
+    }
+    first.restart().await;
+    let login = auth_on(&first)
+        .login(LoginRequest {
+            email: "env-keys@example.com".into(),
+            password: "correct horse battery".into(),
+        })
+        .await
+        .expect("Login")
+        .into_inner()
+        .tokens
+        .expect("a token pair");
+    let new_kid = jsonwebtoken::decode_header(&login.access_token)
+        .unwrap()
+        .kid;
+    let old_kid = jsonwebtoken::decode_header(&tokens.access_token)
+        .unwrap()
+        .kid;
+    assert_ne!(
+        new_kid, old_kid,
+        "the rolled replica signs with the new key"
+    );
+    me_on(&second, &login.access_token)
+        .await
+        .expect("a token of the new key on the replica still signing with the old");
+    me_on(&first, &tokens.access_token)
+        .await
+        .expect("a token of the old key on the rolled replica");
+}
