@@ -121,29 +121,39 @@ impl Sessions {
         if end <= session.received {
             return Ok(session.received);
         }
-        let placement = match self.place(user, session, offset, end).await? {
-            Ok(placement) => placement,
-            Err(already) => return Ok(already),
-        };
         if end > self.max_bytes {
             return Err(StorageError::TooLarge {
                 limit: self.max_bytes,
             });
         }
-        if let Some(declared) = placement.session.declared_size.filter(|&size| end > size) {
+        if let Some(declared) = session.declared_size.filter(|&size| end > size) {
             return Err(StorageError::SizeMismatch {
                 declared,
                 received: end,
             });
         }
+        // At most one chunk ahead may have a predecessor on its way; one further off,
+        // or one overlapping what the session holds, is a client's mistake.
+        let ahead = offset.wrapping_sub(session.received);
+        if offset != session.received && (offset < session.received || ahead > self.max_chunk_bytes)
+        {
+            return Err(not_next(session.received, offset));
+        }
+        // Admitted before it may wait for a predecessor: the chunks of one user waiting
+        // (and polling the index) are as many as the uploads it may have in progress.
         let chunk = self.index.admit_chunk(user, id, end, &self.limits).await?;
-        let appended = self.store_and_commit(user, placement, offset, data).await;
+        let appended = match self.place(user, session, offset, end).await {
+            Ok(Ok(placement)) => self.store_and_commit(user, placement, offset, data).await,
+            Ok(Err(already)) => Ok(already),
+            Err(err) => Err(err),
+        };
         chunk.end().await;
         appended
     }
 
-    /// Where a chunk at `offset` goes, or (as the inner `Err`) the session's length if
-    /// it turned out to hold the chunk already.
+    /// Where a chunk at `offset` (the session's end, or within one chunk past it) goes,
+    /// or (as the inner `Err`) the session's length if it turned out to hold the chunk
+    /// already.
     async fn place(
         &self,
         user: Uuid,
@@ -153,12 +163,6 @@ impl Sessions {
     ) -> Result<Result<Placement, u64>, StorageError> {
         let mut session = session;
         if offset != session.received {
-            // At most one chunk ahead may have a predecessor on its way; one further
-            // off, or one overlapping what the session holds, is a client's mistake.
-            let ahead = offset.saturating_sub(session.received);
-            if ahead == 0 || ahead > self.max_chunk_bytes {
-                return Err(not_next(session.received, offset));
-            }
             match self
                 .storing
                 .predecessor(&self.index, user, session.id, offset)
