@@ -57,6 +57,23 @@ HEALTHCHECK --interval=10s --timeout=5s --retries=6 CMD ["strongbox-s3-server", 
 ENTRYPOINT ["strongbox-s3-server"]
 CMD ["serve"]
 
+# PostgreSQL's stand-in for scripts/containers.sh, where the postgres image cannot be
+# pulled either: Debian's package behind the official image's variables
+# (tests/containers/postgres-stand-in.sh, copied into that script's context).
+FROM ${RUNTIME_BASE} AS postgres-stand-in
+# The package makes a cluster of its own on install unless told not to.
+RUN mkdir -p /etc/postgresql-common \
+    && echo 'create_main_cluster = false' >/etc/postgresql-common/createcluster.conf \
+    && apt-get update \
+    && apt-get install -y --no-install-recommends postgresql \
+    && rm -rf /var/lib/apt/lists/* \
+    && install -d -o postgres -g postgres -m 700 /var/lib/postgresql/data \
+    && install -d -o postgres -g postgres /var/run/postgresql
+COPY tests/containers/postgres-stand-in.sh /usr/local/bin/postgres-stand-in
+USER postgres
+EXPOSE 5432
+ENTRYPOINT ["postgres-stand-in"]
+
 FROM runtime AS auth-service
 COPY --from=binaries /src/target/release/auth-service /usr/local/bin/auth-service
 EXPOSE 50051

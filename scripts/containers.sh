@@ -4,8 +4,10 @@
 # works as deployed — every container healthy through its own healthcheck, the services
 # reaching each other by name, processes running as the non-root user, an upload
 # through the published gateway port, a presigned download through the published S3
-# port, and data surviving `down` and `up` on the named volumes. Then everything is torn
-# down, on failure too, so the next run starts clean. Fails loudly, never skips.
+# port, and data surviving `down` and `up` on the named volumes; then the same with
+# docker-compose.scale.yml on top (PostgreSQL, two replicas of each service, the calls
+# spread over them). Then everything is torn down, on failure too, so the next run
+# starts clean. Fails loudly, never skips.
 #
 # Made for machines with no Docker engine and no image registry (this project's):
 #   - podman (Debian) runs the containers; its default RLIMIT_NOFILE is refused here, so
@@ -14,7 +16,8 @@
 #   - The binaries are built on the host (the Rust image cannot be pulled) and handed
 #     to the Dockerfile's `prebuilt` stage; the cargo-chef path stays the default.
 #   - MinIO's image cannot be pulled either: tests/containers/docker-compose.podman.yml
-#     puts the suites' S3 server in its place.
+#     puts the suites' S3 server in its place; PostgreSQL's neither:
+#     docker-compose.scale.podman.yml puts Debian's package in its place.
 # Takes 60-90 s once the base image exists and the release build is current; the first
 # run on a machine adds about 1.5 min (packages, debootstrap), a release build 5-8 min.
 #
@@ -29,8 +32,8 @@ readonly image_prefix=localhost/strongbox
 # The Dockerfile targets, each tagged $image_prefix/<target> (the override's names).
 # The stages they share, `prebuilt` and `runtime`, are tagged too: removing the tags
 # then leaves no image behind.
-readonly targets=(prebuilt runtime auth-service storage-service gateway s3-stand-in)
-readonly long_running=(minio auth-service storage-service gateway)
+readonly targets=(prebuilt runtime auth-service storage-service gateway s3-stand-in postgres-stand-in)
+long_running=(minio auth-service storage-service gateway)
 readonly binaries=(auth-service storage-service gateway strongbox-cli strongbox-s3-server)
 readonly service_uid=10001
 # What docker-compose.yml publishes: the gateway, MinIO's API and its console.
@@ -173,6 +176,8 @@ build_images() {
     for binary in "${binaries[@]}"; do
         cp target/release/"$binary" "$context/target/release/"
     done
+    mkdir -p "$context/tests/containers"
+    cp tests/containers/postgres-stand-in.sh "$context/tests/containers/"
     for target in "${targets[@]}"; do
         echo "building $image_prefix/$target"
         # The docker format keeps each image's HEALTHCHECK (OCI has none).
@@ -225,8 +230,23 @@ container_of() {
         --filter "label=com.docker.compose.service=$1"
 }
 
+# "healthy" once every container of the service (each replica) is; else the status of
+# one that is not.
 health_of() {
-    podman inspect --format '{{.State.Health.Status}}' "$(container_of "$1")"
+    local container status all=healthy
+    for container in $(container_of "$1"); do
+        status=$(podman inspect --format '{{.State.Health.Status}}' "$container")
+        [ "$status" = healthy ] || all=$status
+    done
+    echo "$all"
+}
+
+# Whether every container of the service (each replica) is running.
+running() {
+    local container
+    for container in $(container_of "$1"); do
+        [ "$(podman inspect --format '{{.State.Running}}' "$container")" = true ] || return 1
+    done
 }
 
 # Each service and its depends_on, one line each: "service dependency:condition …".
@@ -247,7 +267,7 @@ condition_met() {
     container=$(container_of "$service")
     [ -n "$container" ] || return 1
     case $condition in
-        service_started) [ "$(podman inspect --format '{{.State.Running}}' "$container")" = true ] ;;
+        service_started) running "$service" ;;
         service_healthy) [ "$(health_of "$service")" = healthy ] ;;
         service_completed_successfully)
             state=$(podman inspect --format '{{.State.Status}} {{.State.ExitCode}}' "$container")
@@ -316,8 +336,7 @@ up_and_healthy() {
     while :; do
         pending=()
         for service in "${long_running[@]}"; do
-            [ "$(podman inspect --format '{{.State.Running}}' "$(container_of "$service")")" = true ] ||
-                fail "$service is not running"
+            running "$service" || fail "$service is not running"
             [ "$(health_of "$service")" = healthy ] || pending+=("$service")
         done
         [ ${#pending[@]} -eq 0 ] && break
@@ -328,7 +347,7 @@ up_and_healthy() {
     init=$(container_of minio-init)
     [ "$(podman inspect --format '{{.State.ExitCode}}' "$init")" = 0 ] ||
         fail "minio-init did not finish successfully"
-    echo "healthy: ${long_running[*]}; minio-init finished with 0"
+    echo "healthy: ${long_running[*]} ($(container_of auth-service | wc -l) auth-service, $(container_of storage-service | wc -l) storage-service); minio-init finished with 0"
 }
 
 prove_health_names_and_user() {
@@ -452,6 +471,63 @@ prove_data_survives_restart() {
     prove_presigned_download large.bin
 }
 
+# Calls a service's container has answered, from its Prometheus endpoint on the
+# compose network (the host reaches the containers' addresses).
+calls_answered() {
+    local container=$1 port=$2 address
+    address=$(podman inspect --format '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$container")
+    curl --fail --silent --show-error "http://$address:$port/metrics" |
+        awk '/^strongbox_grpc_calls_total[{ ]/ { sum += $NF } END { print sum + 0 }'
+}
+
+# docker-compose.scale.yml on top: both services' databases on PostgreSQL and two
+# replicas of each (tests/containers/docker-compose.scale.podman.yml gives the count and
+# the stand-in image), found by the gateway through their service names.
+prove_scaled() {
+    compose down --volumes >>"$work/compose.log" 2>&1 || fail "podman-compose down failed"
+    compose_args+=(-f docker-compose.scale.yml -f tests/containers/docker-compose.scale.podman.yml)
+    long_running+=(postgres)
+    up_and_healthy
+    local service count addresses
+    for service in auth-service storage-service; do
+        count=$(container_of "$service" | wc -l)
+        [ "$count" = 2 ] || fail "two $service replicas were asked for; $count run"
+        addresses=$(podman exec "$(container_of gateway)" getent ahosts "$service" | awk '{ print $1 }' | sort -u | wc -l)
+        [ "$addresses" = 2 ] || fail "$service resolves to $addresses addresses in the gateway's container, not 2"
+    done
+    echo "two replicas each of auth-service and storage-service, each name resolving to both"
+    # The accounts are in PostgreSQL now: a new one. Large files go as resumable
+    # sessions, whose chunks the gateway spreads over both storage replicas.
+    rm -rf "$work/cli"
+    local scaled_email=scaled@example.com name
+    cli register "$scaled_email" >/dev/null || fail "register through $gateway (scaled) failed"
+    cli login "$scaled_email" >/dev/null || fail "login through $gateway (scaled) failed"
+    head -c $((20 * 1024 * 1024)) /dev/urandom >"$work/files/session.bin"
+    cli upload "$work/files/small.bin" "$work/files/large.bin" "$work/files/session.bin" >/dev/null ||
+        fail "upload through $gateway (scaled) failed"
+    for name in small.bin large.bin session.bin; do
+        [ "$(listed_sha256 "$name")" = "$(sha256_of "$work/files/$name")" ] ||
+            fail "$name is not listed with its SHA-256 after the upload (scaled)"
+    done
+    for _ in $(seq 10); do
+        cli ls >/dev/null || fail "listing through $gateway (scaled) failed"
+    done
+    cli download "$(key_of session.bin)" --output "$work/files/scaled-session.bin" >/dev/null ||
+        fail "downloading session.bin (scaled) failed"
+    [ "$(sha256_of "$work/files/scaled-session.bin")" = "$(sha256_of "$work/files/session.bin")" ] ||
+        fail "session.bin downloaded (scaled) has other bytes"
+    local container port answered
+    for service in auth-service storage-service; do
+        port=9101
+        [ "$service" = auth-service ] || port=9102
+        for container in $(container_of "$service"); do
+            answered=$(calls_answered "$container" "$port")
+            [ "${answered%.*}" -gt 0 ] || fail "a $service replica answered no call: the gateway does not spread"
+        done
+    done
+    echo "uploads, a resumable session and downloads through the gateway; every replica answered calls"
+}
+
 health_driver=
 topology_started=false
 cleanup() {
@@ -519,3 +595,5 @@ prove_health_names_and_user
 prove_upload_and_presigned_download
 phase "down and up again"
 prove_data_survives_restart
+phase "scaled: PostgreSQL and two replicas of each service"
+prove_scaled
