@@ -354,6 +354,19 @@ impl User {
             .into_inner()
             .files
     }
+
+    /// The filenames this user's files are listed under, sorted (one per file: a name
+    /// listed twice appears twice).
+    pub async fn filenames(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .list_all()
+            .await
+            .into_iter()
+            .map(|file| file.filename)
+            .collect();
+        names.sort();
+        names
+    }
 }
 
 /// The messages of a whole Upload stream: `metadata`, `chunks`, then `end`.

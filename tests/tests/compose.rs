@@ -529,13 +529,7 @@ async fn the_scaled_deployment_runs_with_exactly_its_compose_environment() {
     for _ in 0..30 {
         user.list_all().await;
     }
-    let mut listed: Vec<String> = user
-        .list_all()
-        .await
-        .into_iter()
-        .map(|file| file.filename)
-        .collect();
-    listed.sort();
+    let listed = user.filenames().await;
     assert_eq!(listed, ["resumable.bin", "streamed.bin"]);
     for service in ["auth-service", "storage-service"] {
         let calls = composed.calls(service).await;

@@ -193,13 +193,7 @@ async fn a_byte_quota_holds_to_the_byte_on_every_upload_path_and_deleting_frees_
     .await
     .expect("deleting made room");
 
-    let mut names: Vec<_> = user
-        .list_all()
-        .await
-        .into_iter()
-        .map(|file| file.filename)
-        .collect();
-    names.sort();
+    let names = user.filenames().await;
     assert_eq!(names, ["after-delete.bin", "last.bin", "whole.bin"]);
     let at_the_limit = user
         .list_all()

@@ -623,12 +623,7 @@ async fn a_replica_restarted_mid_stream_leaves_its_peers_upload_alone_and_one_ki
     deployment.storage[0].kill().await;
     let cut = call.await.expect("the call task");
     assert!(cut.is_err(), "a stream cut by its replica's death fails");
-    let listed: Vec<String> = user
-        .list_all()
-        .await
-        .into_iter()
-        .map(|file| file.filename)
-        .collect();
+    let listed = user.filenames().await;
     assert!(!listed.contains(&"cut.bin".to_owned()), "{listed:?}");
     let retried = user
         .upload_bytes("cut.bin", &content)
@@ -752,13 +747,7 @@ async fn a_session_is_served_by_any_replica_and_survives_one_killed_in_its_middl
     assert!(downloaded == content, "byte-identical");
 
     // Every file listed once; no multipart upload of either session left behind.
-    let mut listed: Vec<String> = user
-        .list_all()
-        .await
-        .into_iter()
-        .map(|file| file.filename)
-        .collect();
-    listed.sort();
+    let listed = user.filenames().await;
     assert_eq!(listed, ["alternating.bin", "survivor.bin"]);
     assert!(
         deployment.s3.multipart_files().is_empty(),
