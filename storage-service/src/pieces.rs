@@ -32,7 +32,7 @@ use tokio::time::Sleep;
 
 /// The object's bytes: from a local file, read on a blocking thread `piece` bytes at a
 /// time (one trip per message where `object_store` makes one per 8 KiB: a local
-/// download cost 3.2–3.8 ms of CPU per MiB that way, 0.7–0.9 this way); from S3, as the
+/// download cost 3.2–3.8 ms of CPU per MiB that way, 0.7–1.0 this way); from S3, as the
 /// response body arrives.
 pub fn of(
     object: GetResult,
