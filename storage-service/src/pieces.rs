@@ -146,8 +146,7 @@ where
         gathering,
         message: Message::default(),
         next: None,
-        lingering: None,
-        lingered: false,
+        lingering: Linger::No,
     }
 }
 
@@ -159,11 +158,16 @@ pub struct Coalesce<S, E> {
     message: Message,
     /// What did not fit into the last message, or an error held back behind it.
     next: Option<Result<Bytes, E>>,
-    /// Running while a small message waits for more pieces; they are not asked for
-    /// until it ends.
-    lingering: Option<Pin<Box<Sleep>>>,
-    /// The message in the making has waited its linger: it goes with what is ready.
-    lingered: bool,
+    lingering: Linger,
+}
+
+/// Where the message in the making stands with its wait.
+enum Linger {
+    No,
+    /// A small message waits for more pieces; they are not asked for until it ends.
+    Waiting(Pin<Box<Sleep>>),
+    /// It has waited: it goes with what is ready.
+    Over,
 }
 
 /// A message's pieces, joined only when it goes: a message of one piece is that piece,
@@ -193,10 +197,8 @@ impl Message {
 
     fn take(&mut self) -> Bytes {
         let length = std::mem::take(&mut self.length);
-        if let [piece] = self.pieces.as_mut_slice() {
-            let piece = std::mem::take(piece);
-            self.pieces.clear();
-            return piece;
+        if self.pieces.len() == 1 {
+            return self.pieces.pop().unwrap_or_default();
         }
         let mut joined = BytesMut::with_capacity(length);
         for piece in self.pieces.drain(..) {
@@ -208,8 +210,7 @@ impl Message {
 
 impl<S, E> Coalesce<S, E> {
     fn send(&mut self) -> Poll<Option<Result<Bytes, E>>> {
-        self.lingering = None;
-        self.lingered = false;
+        self.lingering = Linger::No;
         Poll::Ready(Some(Ok(self.message.take())))
     }
 }
@@ -228,12 +229,11 @@ where
             at_least,
             linger,
         } = this.gathering;
-        if let Some(lingering) = this.lingering.as_mut() {
-            if lingering.as_mut().poll(cx).is_pending() {
+        if let Linger::Waiting(sleep) = &mut this.lingering {
+            if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            this.lingering = None;
-            this.lingered = true;
+            this.lingering = Linger::Over;
         }
         match this.next.take() {
             Some(Ok(piece)) if piece.len() >= limit => return Poll::Ready(Some(Ok(piece))),
@@ -269,15 +269,17 @@ where
                 }
                 Poll::Ready(None) => this.pieces = None,
                 Poll::Pending if this.message.is_empty() => return Poll::Pending,
-                Poll::Pending if this.message.len() >= at_least || this.lingered => {
+                Poll::Pending
+                    if this.message.len() >= at_least || matches!(this.lingering, Linger::Over) =>
+                {
                     return this.send();
                 }
                 Poll::Pending => {
-                    let mut lingering = Box::pin(tokio::time::sleep(linger));
-                    if lingering.as_mut().poll(cx).is_ready() {
+                    let mut sleep = Box::pin(tokio::time::sleep(linger));
+                    if sleep.as_mut().poll(cx).is_ready() {
                         return this.send();
                     }
-                    this.lingering = Some(lingering);
+                    this.lingering = Linger::Waiting(sleep);
                     return Poll::Pending;
                 }
             }
